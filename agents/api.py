@@ -1,0 +1,63 @@
+"""The agent contract: five methods, no base class (STYLE.md principle 3).
+
+An agent is constructed as ``Agent(cfg, ctx)`` where ``cfg`` is the agent's own frozen config
+dataclass and ``ctx`` an :class:`AgentContext` built by the harness. Then, for every vector step,
+the harness calls::
+
+    actions = agent.act(obs)          # [N] int64; explore=True: the agent may keep obs (copy it)
+    step = env.step(actions)
+    agent.observe(step)               # the outcome of the last act(explore=True)
+    metrics = agent.update()          # None when the agent's schedule says "not now"
+
+When ``update`` does learn, ``metrics`` holds ``grad_steps`` (optimizer steps taken in this call)
+and ``grad_samples`` (transitions consumed by those steps, counted once per use: a minibatch of
+256 seen in 4 epochs is 1024), plus any float diagnostics (``loss`` is checked for NaN/inf by the
+harness). The harness keeps the counters; it never asks what algorithm is running.
+
+Evaluation calls ``act(obs, explore=False)`` on a separate environment: that must not touch
+the agent's training state (storage, schedules).
+
+An agent never creates environments, seeds RNGs, reads the clock, writes files or logs.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+import torch
+
+from envs.base import EnvSpec, EnvStep
+
+
+@dataclass(frozen=True)
+class AgentContext:
+    """What the harness tells an agent at construction."""
+
+    spec: EnvSpec  # the training environment
+    num_envs: int  # N, the batch the agent acts on (== cfg.num_envs)
+    device: torch.device  # where the agent keeps its nets and storage
+    total_env_steps: int | None  # budget for schedules (lr annealing, beta, epsilon); None if time-only
+
+
+class Agent(Protocol):
+    def act(self, obs: torch.Tensor, explore: bool = True) -> torch.Tensor: ...
+
+    def observe(self, step: EnvStep) -> None: ...
+
+    def update(self) -> dict[str, Any] | None: ...
+
+    def state_dict(self) -> dict[str, Any]: ...
+
+    def load_state_dict(self, state: dict[str, Any]) -> None: ...
+
+
+def opt(default: Any, help: str) -> Any:
+    """A config field with its help line: ``lr: float = opt(2.5e-4, "Adam step size")``.
+
+    The CLI turns every field into ``--field-name`` (bools into ``--name/--no-name``) with
+    this text as its help, so every agent option is documented where it is defined.
+    """
+    from dataclasses import field
+
+    return field(default=default, metadata={"help": help})

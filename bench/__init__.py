@@ -1,0 +1,1 @@
+"""onoff-bench: the CLI, the one training harness, the compute meter and the results store."""

@@ -1,0 +1,456 @@
+"""The one training loop. It runs every agent the same way (STYLE.md principle 2):
+
+    act -> env step -> observe -> update
+
+and owns everything around it: seeding, devices, environments, the compute meter, episode
+accounting, evaluation, checkpoints and result rows. There is no per-agent branch here; what an
+agent needs from the loop is in the contract (:mod:`agents.api`).
+
+Units: ``env_steps`` count agent-environment interactions summed over the batch (one vector
+step of N envs is N env steps); ``frames = env_steps * frameskip``; ``grad_samples`` counts
+transitions consumed by gradient steps, once per use; ``wall_s`` is training wall clock with
+evaluation excluded (evaluation time is recorded separately).
+
+Budgets: ``steps`` (env steps, rounded up to whole vector steps) and/or ``time_s`` (training
+wall clock); whichever ends first.
+
+Resume: a checkpoint holds the agent, the meter, the RNG states and how many rows each log had.
+Rerunning on an unfinished folder loads it, drops rows written after it, resets the envs with a
+seed derived from the run seed and the step count (episodes in flight at the checkpoint are
+abandoned: their partial returns are never reported) and continues counters and wall clock.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import os
+import random
+import sys
+import time
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+import torch
+
+import agents
+import envs
+from agents.api import AgentContext
+from bench.config import RunConfig, resolve_agent_config
+from bench.errors import RunFailed, UserError
+from bench.fingerprint import fingerprint
+from bench.meter import Meter, count_flops, trainable_params
+from bench.results import RunDir
+
+EVAL_MAX_VECTOR_STEPS = 27_000  # 108K frames at frameskip 4: the Atari episode cap
+
+
+class EpisodeTracker:
+    """Full-game returns and lengths, summed by the harness from raw rewards, per env.
+
+    Kept in numpy (zero-copy views of CPU tensors): a dozen vector ops per step on a few thousand
+    envs cost ~20 us this way against ~100 us as torch ops, which is the harness's overhead budget.
+    """
+
+    def __init__(self, n: int):
+        self.ret = np.zeros(n, np.float64)
+        self.length = np.zeros(n, np.int64)
+        self._returns: list[np.ndarray] = []  # finished since the last drain
+        self._lengths: list[np.ndarray] = []
+
+    def update(self, reward: torch.Tensor, done: torch.Tensor) -> int:
+        """Add one step; return how many episodes finished in it."""
+        d = done.cpu().numpy()
+        self.ret += reward.cpu().numpy()
+        self.length += 1
+        if not d.any():
+            return 0
+        finished = self.ret[d]
+        self._returns.append(finished)
+        self._lengths.append(self.length[d])
+        self.ret[d] = 0.0
+        self.length[d] = 0
+        return len(finished)
+
+    def drain(self) -> tuple[float | None, float | None]:
+        """Mean return and length of the episodes finished since the last drain."""
+        if not self._returns:
+            return None, None
+        r, n = float(np.concatenate(self._returns).mean()), float(np.concatenate(self._lengths).mean())
+        self._returns.clear()
+        self._lengths.clear()
+        return r, n
+
+
+def pick_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        dev = torch.device(name)
+    except RuntimeError as e:
+        raise UserError(f"--device {name!r}: {e}") from None
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise UserError(f"--device {name}: CUDA is not available on this machine")
+    return dev
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def load_agent_module(name: str):
+    try:
+        return agents.load(name)
+    except KeyError:
+        import difflib
+
+        names = agents.available()
+        close = difflib.get_close_matches(name, names, n=3, cutoff=0.4)
+        hint = f"; did you mean {', '.join(close)}?" if close else ""
+        raise UserError(f"unknown agent {name!r}{hint} (agents: {', '.join(names)})") from None
+
+
+def resolve(run: RunConfig, overrides: dict[str, Any]):
+    """(agent module, resolved agent config) for a run; raises UserError on bad names/options."""
+    mod = load_agent_module(run.agent)
+    try:
+        envs.check_game(run.game)
+    except envs.UnknownGame as e:
+        raise UserError(str(e)) from None
+    cfg = resolve_agent_config(mod.Config, getattr(mod, "PRESETS", None), envs.family_of(run.game), overrides)
+    return mod, cfg
+
+
+def _rng_state() -> dict:
+    return {"torch": torch.get_rng_state(), "numpy": np.random.get_state(), "python": random.getstate(),
+            "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None}  # fmt: skip
+
+
+def _set_rng_state(s: dict) -> None:
+    torch.set_rng_state(s["torch"])
+    np.random.set_state(s["numpy"])
+    random.setstate(s["python"])
+    if s.get("cuda") is not None and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(s["cuda"])
+
+
+def _finite(metrics: dict) -> str | None:
+    for k, v in metrics.items():
+        if isinstance(v, (float, int)) and not math.isfinite(v):
+            return k
+        if isinstance(v, torch.Tensor) and v.numel() == 1 and not torch.isfinite(v).item():
+            return k
+    return None
+
+
+def evaluate(agent, env, episodes: int, seed: int) -> list[float]:
+    """Greedy (explore=False) full-game returns. Each env plays a fixed quota of episodes, so
+    short episodes are not over-represented; episodes past the cap are dropped (not counted)."""
+    n = env.num_envs
+    quota = torch.full((n,), math.ceil(episodes / n), dtype=torch.int64)
+    quota[: n * int(quota[0]) - episodes] -= 1  # exactly `episodes` in total
+    ret = torch.zeros(n, dtype=torch.float64)
+    done_count = torch.zeros(n, dtype=torch.int64)
+    returns: list[float] = []
+    obs = env.reset(seed)
+    for _ in range(EVAL_MAX_VECTOR_STEPS):
+        step = env.step(agent.act(obs, explore=False))
+        done = step.done.cpu()
+        ret += step.reward.cpu()
+        if done.any():
+            for i in done.nonzero().squeeze(1).tolist():
+                if done_count[i] < quota[i]:
+                    returns.append(float(ret[i]))
+                done_count[i] += 1
+            ret[done] = 0.0
+        if bool((done_count >= quota).all()):
+            break
+        obs = step.obs
+    return returns
+
+
+class _Progress:
+    """A rich progress bar on a terminal; a line every ~10% of the budget otherwise (CI logs)."""
+
+    def __init__(self, enabled: bool, title: str, total: float, unit: str):
+        self.enabled, self.total, self.unit = enabled, total, unit
+        self.tty = enabled and sys.stderr.isatty()
+        self._next_pct = 10
+        self._bar = None
+        if self.tty:
+            from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+
+            self._bar = Progress(TextColumn("[bold]{task.description}"), BarColumn(), TextColumn("{task.fields[info]}"),
+                                 TimeElapsedColumn(), TimeRemainingColumn(), transient=False)  # fmt: skip
+            self._bar.start()
+            self._task = self._bar.add_task(title, total=total, info="")
+        elif enabled:
+            print(f"{title}: started", file=sys.stderr, flush=True)
+        self.title = title
+
+    def update(self, done: float, info: str) -> None:
+        if self._bar is not None:
+            self._bar.update(self._task, completed=min(done, self.total), info=info)
+        elif self.enabled and self.total and 100 * done / self.total >= self._next_pct:
+            print(f"{self.title}: {100 * done / self.total:3.0f}%  {info}", file=sys.stderr, flush=True)
+            self._next_pct = 10 * (int(100 * done / self.total) // 10 + 1)
+
+    def close(self) -> None:
+        if self._bar is not None:
+            self._bar.stop()
+
+
+def train(
+    run: RunConfig,
+    overrides: dict[str, Any] | None = None,
+    out: str | os.PathLike = "runs/run",
+    command: str | None = None,
+    progress: bool = False,
+    on_row: Callable[[dict], None] | None = None,
+) -> dict[str, Any]:
+    """Run (or resume) one training run into ``out``; return its compute summary.
+
+    Raises UserError for bad input, RunFailed when a loss goes NaN/inf (files kept, marked)."""
+    if run.steps is None and run.time_s is None:
+        raise UserError("give a budget: --steps and/or --time")
+    overrides = dict(overrides or {})
+    mod, cfg = resolve(run, overrides)
+    rd = RunDir(out)
+    status = rd.status
+    device = pick_device(run.device)
+    threads = run.threads or (len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count())
+    torch.set_num_threads(threads)
+
+    identity = {"run": run.identity(), "agent": dataclasses.asdict(cfg)}
+    if status != "new":
+        prev = rd.config()
+        prev_id = {"run": {k: prev["run"].get(k) for k in identity["run"]}, "agent": prev.get("agent")}
+        if prev_id != identity:
+            diff = [k for k in identity["run"] if prev_id["run"].get(k) != identity["run"][k]]
+            diff += [f"agent.{k}" for k in identity["agent"] if (prev_id["agent"] or {}).get(k) != identity["agent"][k]]
+            raise UserError(f"{rd.path} holds a different run (differs in: {', '.join(diff) or 'config'}); "
+                            "choose another --out")  # fmt: skip
+        if status == "done":
+            return {"status": "done", "already_finished": True, **_read_compute(rd)}
+        if status == "failed":
+            raise UserError(f"{rd.path} is a failed run ({rd.file('failed').read_text().strip()}); "
+                            "remove the folder to start over")  # fmt: skip
+
+    seed_everything(run.seed)
+    env = envs.make(run.game, cfg.num_envs, device, protocol=run.protocol, num_threads=threads)
+    spec, n = env.spec, env.num_envs
+    total = None if run.steps is None else math.ceil(run.steps / n) * n
+    ctx = AgentContext(spec=spec, num_envs=n, device=device, total_env_steps=total)
+    agent = mod.Agent(cfg, ctx)
+    meter = Meter(device=device)
+
+    if status == "new":
+        rd.create({
+            "run": {**dataclasses.asdict(run), "out": str(rd.path), "threads": threads, "device": str(device)},
+            "agent": dataclasses.asdict(cfg),
+            "env": {"game": spec.game, "family": spec.family, "obs_shape": list(spec.obs_shape),
+                    "obs_dtype": str(spec.obs_dtype).removeprefix("torch."), "num_actions": spec.num_actions,
+                    "frameskip": spec.frameskip, "num_envs": n, "protocol": spec.protocol},
+            "fingerprint": fingerprint(device),
+            "command": command,
+        })  # fmt: skip
+    logs = rd.logs()
+    log_every = run.log_every or max(10_000, (total or 0) // 200)
+    log_every = math.ceil(log_every / n) * n
+    eval_every = run.eval_every and math.ceil(run.eval_every / n) * n
+    next_log, next_eval, wall_prior, resumes = log_every, eval_every, 0.0, 0
+    ckpt = rd.load_checkpoint() if status == "partial" else None
+    if ckpt is not None:
+        agent.load_state_dict(ckpt["agent"])
+        meter.load_state_dict(ckpt["meter"])
+        _set_rng_state(ckpt["rng"])
+        for name, log in logs.items():
+            log.truncate(ckpt["rows"].get(name, 0))
+        next_log, next_eval, wall_prior = ckpt["next_log"], ckpt["next_eval"], ckpt["train_wall_s"]
+        resumes = ckpt["resumes"] + 1
+    else:
+        for log in logs.values():
+            log.truncate(0)
+    c = meter.counters
+    tb = _tensorboard(rd.path) if run.tensorboard else None
+    tracker = EpisodeTracker(n)
+    eval_env = None
+    eval_s_prior = meter.phase_s["eval"]
+
+    # A resumed run restarts its envs from a seed that depends on where it resumed.
+    obs = env.reset(run.seed + 1_000_003 * resumes)
+    if meter.flops_per_act_sample is None:
+        _, f = count_flops(lambda: agent.act(obs, explore=False))
+        meter.flops_per_act_sample = f / n
+    # FLOPs per gradient sample are counted on the second update that learns: the first may pay
+    # one-off costs (lazy init), and wrapping only calls after it keeps the counter's overhead off
+    # agents that never learn. ``armed`` turns on after the first learning update.
+    measure_update, armed = meter.flops_per_grad_sample is None, False
+    params = trainable_params(agent)
+
+    def wall() -> float:
+        return wall_prior + (time.perf_counter() - t_start) - (meter.phase_s["eval"] - eval_s_prior)
+
+    def budget_left() -> bool:
+        if total is not None and c.env_steps >= total:
+            return False
+        return run.time_s is None or wall() < run.time_s
+
+    def checkpoint() -> None:
+        for log in logs.values():
+            if log._f is not None:
+                log._f.flush()
+        rd.save_checkpoint({"agent": agent.state_dict(), "meter": meter.state_dict(), "rng": _rng_state(),
+                            "rows": {k: v.rows for k, v in logs.items()}, "next_log": next_log,
+                            "next_eval": next_eval, "train_wall_s": wall(), "resumes": resumes})  # fmt: skip
+        rd.write_compute(_compute(meter, wall(), params, status="partial"))
+
+    def run_eval() -> None:
+        nonlocal eval_env
+        with meter.phase("eval"):
+            if eval_env is None:
+                eval_env = envs.make(run.game, min(run.eval_episodes, 16), device, protocol=run.protocol,
+                                     num_threads=threads)  # fmt: skip
+            rets = evaluate(agent, eval_env, run.eval_episodes, seed=run.seed + 7_777_777 + c.env_steps)
+        row = {"wall_s": wall(), "env_steps": c.env_steps, "frames": c.frames, "grad_samples": c.grad_samples,
+               "eval_episodes": len(rets), "eval_return_mean": float(np.mean(rets)) if rets else None,
+               "eval_return_std": float(np.std(rets)) if rets else None}  # fmt: skip
+        logs["eval"].write(row)
+        if tb is not None and rets:
+            tb.add_scalar("eval/return", row["eval_return_mean"], c.env_steps)
+
+    last_row_wall, last_row_steps = wall_prior, c.env_steps
+    bar = _Progress(progress, f"{run.agent} {run.game} seed {run.seed}",
+                    total if total is not None else run.time_s, "env_steps" if total is not None else "s")  # fmt: skip
+    last_ret: float | None = None
+    t_start = time.perf_counter()
+    t_ckpt = t_start
+    try:
+        while budget_left():
+            with meter.phase("act"):
+                actions = agent.act(obs)
+            with meter.phase("env"):
+                step = env.step(actions)
+                c.env_steps += n
+                c.frames += n * spec.frameskip
+                c.episodes += tracker.update(step.reward, step.done)
+            with meter.phase("learn"):
+                agent.observe(step)
+                if armed:
+                    metrics, flops = count_flops(agent.update)
+                else:
+                    metrics = agent.update()
+            obs = step.obs
+            if metrics:
+                gs = int(metrics.get("grad_samples", 0))
+                if armed and gs > 0:
+                    meter.flops_per_grad_sample = flops / gs
+                    measure_update = armed = False
+                elif measure_update and gs > 0:
+                    armed = True
+                c.grad_steps += int(metrics.get("grad_steps", 0))
+                c.grad_samples += gs
+                bad = _finite(metrics)
+                if bad is not None:
+                    rd.mark_failed({"reason": f"non-finite {bad} = {metrics[bad]}", "env_steps": c.env_steps,
+                                    "grad_steps": c.grad_steps, "wall_s": wall()})  # fmt: skip
+                    rd.write_compute(_compute(meter, wall(), params, status="failed"))
+                    raise RunFailed(f"{bad} became {metrics[bad]} at env_steps={c.env_steps}; run marked failed "
+                                    f"in {rd.path}")  # fmt: skip
+                logs["learner"].write({"wall_s": wall(), "env_steps": c.env_steps, "grad_steps": c.grad_steps,
+                                       **{k: _scalar(v) for k, v in metrics.items()
+                                          if k not in ("grad_steps", "grad_samples")}})  # fmt: skip
+            if c.env_steps >= next_log or not budget_left():
+                w = wall()
+                ret, length = tracker.drain()
+                last_ret = ret if ret is not None else last_ret
+                row = {"wall_s": w, "env_steps": c.env_steps, "frames": c.frames, "episodes": c.episodes,
+                       "grad_steps": c.grad_steps, "grad_samples": c.grad_samples, "reuse_ratio": c.reuse_ratio,
+                       "sps": (c.env_steps - last_row_steps) / max(w - last_row_wall, 1e-9),
+                       "episode_return": ret, "episode_length": length}  # fmt: skip
+                logs["metrics"].write(row)
+                last_row_wall, last_row_steps = w, c.env_steps
+                while next_log <= c.env_steps:
+                    next_log += log_every
+                if tb is not None:
+                    for k, v in row.items():
+                        if v is not None and k != "env_steps":
+                            tb.add_scalar(f"train/{k}", v, c.env_steps)
+                if on_row is not None:
+                    on_row({**row, "phase_s": dict(meter.phase_s)})
+                score = "-" if last_ret is None else f"{last_ret:.1f}"
+                bar.update(c.env_steps if total is not None else w,
+                           f"{c.env_steps:,} env_steps  {row['sps']:,.0f} sps  score {score}  "
+                           f"reuse {c.reuse_ratio:.2f}")  # fmt: skip
+            if eval_every and run.eval_episodes and c.env_steps >= next_eval:
+                run_eval()
+                while next_eval <= c.env_steps:
+                    next_eval += eval_every
+            if time.perf_counter() - t_ckpt >= run.checkpoint_every_s:
+                checkpoint()
+                t_ckpt = time.perf_counter()
+    except KeyboardInterrupt:
+        checkpoint()
+        bar.close()
+        raise
+    bar.close()
+    if run.eval_episodes and (not eval_every or logs["eval"].rows == 0 or next_eval - eval_every != c.env_steps):
+        run_eval()  # a final evaluation at the budget, unless one just happened
+    summary = _compute(meter, wall(), params, status="done")
+    checkpoint()
+    rd.write_compute(summary)
+    for log in logs.values():
+        log.close()
+    if tb is not None:
+        tb.close()
+    env.close()
+    if eval_env is not None:
+        eval_env.close()
+    rd.mark_done({"env_steps": c.env_steps, "wall_s": summary["train_wall_s"]})
+    return summary
+
+
+def _scalar(v: Any) -> Any:
+    if isinstance(v, torch.Tensor):
+        return v.item() if v.numel() == 1 else None
+    return v
+
+
+def _compute(meter: Meter, wall_s: float, params: int, status: str) -> dict[str, Any]:
+    c = meter.counters
+    fa, fg = meter.flops_per_act_sample or 0.0, meter.flops_per_grad_sample or 0.0
+    return {
+        "status": status,
+        "env_steps": c.env_steps,
+        "frames": c.frames,
+        "episodes": c.episodes,
+        "grad_steps": c.grad_steps,
+        "grad_samples": c.grad_samples,
+        "reuse_ratio": c.reuse_ratio,
+        "train_wall_s": wall_s,
+        "eval_wall_s": meter.phase_s["eval"],
+        "sps": c.env_steps / wall_s if wall_s > 0 else 0.0,
+        "phase_s": dict(meter.phase_s),
+        "params": params,
+        "flops_per_act_sample": fa,
+        "flops_per_grad_sample": fg,
+        "train_flops": fa * c.env_steps + fg * c.grad_samples,
+    }
+
+
+def _read_compute(rd: RunDir) -> dict:
+    from bench.results import read_json
+
+    p = rd.file("compute.json")
+    return read_json(p, "compute.json") if p.exists() else {}
+
+
+def _tensorboard(path: Path):
+    try:
+        from torch.utils.tensorboard import SummaryWriter
+    except ImportError:
+        raise UserError("--tensorboard needs the tensorboard package: pip install 'onoff-bench[tensorboard]'") from None
+    return SummaryWriter(str(path / "tb"))

@@ -1,0 +1,101 @@
+"""The compute meter: named phases, harness-kept counters, FLOPs measured once.
+
+Phases (``env``, ``act``, ``learn``, ``eval``) are timed with ``time.perf_counter`` and, on
+CUDA, a ``torch.cuda.synchronize`` at each boundary so asynchronous kernels are charged to the
+phase that launched them (PufferLib's profiler skips this, and its phase times lie on GPU).
+Counters are incremented by the harness from what it observes (vector steps, episode ends) and
+from the ``grad_steps`` / ``grad_samples`` an agent's ``update`` reports, so
+``reuse_ratio = grad_samples / env_steps`` needs no knowledge of the algorithm.
+"""
+
+from __future__ import annotations
+
+import time
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass, field
+from typing import Any, Callable
+
+import torch
+
+# Imported eagerly: its first import pulls in sympy (~0.5 s), which must not land in a timed phase.
+from torch.utils.flop_counter import FlopCounterMode
+
+PHASES = ("env", "act", "learn", "eval")
+
+
+@dataclass
+class Counters:
+    env_steps: int = 0  # agent-environment interactions, summed over the batch
+    frames: int = 0  # emulator frames: env_steps * frameskip
+    episodes: int = 0  # full-game episodes finished
+    grad_steps: int = 0  # optimizer steps
+    grad_samples: int = 0  # transitions consumed by those steps, counted per use
+
+    @property
+    def reuse_ratio(self) -> float:
+        return self.grad_samples / self.env_steps if self.env_steps else 0.0
+
+
+@dataclass
+class Meter:
+    device: torch.device = field(default_factory=lambda: torch.device("cpu"))
+    counters: Counters = field(default_factory=Counters)
+    phase_s: dict[str, float] = field(default_factory=lambda: dict.fromkeys(PHASES, 0.0))
+    flops_per_act_sample: float | None = None
+    flops_per_grad_sample: float | None = None
+
+    def _sync(self) -> None:
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+
+    @contextmanager
+    def phase(self, name: str):
+        self._sync()
+        t0 = time.perf_counter()
+        try:
+            yield
+        finally:
+            self._sync()
+            self.phase_s[name] += time.perf_counter() - t0
+
+    @property
+    def train_s(self) -> float:
+        """Training wall clock as charged to phases, evaluation excluded."""
+        return sum(v for k, v in self.phase_s.items() if k != "eval")
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"counters": asdict(self.counters), "phase_s": dict(self.phase_s),
+                "flops_per_act_sample": self.flops_per_act_sample,
+                "flops_per_grad_sample": self.flops_per_grad_sample}  # fmt: skip
+
+    def load_state_dict(self, s: dict[str, Any]) -> None:
+        self.counters = Counters(**s["counters"])
+        self.phase_s = dict(s["phase_s"])
+        self.flops_per_act_sample = s["flops_per_act_sample"]
+        self.flops_per_grad_sample = s["flops_per_grad_sample"]
+
+
+def count_flops(fn: Callable[[], Any]) -> tuple[Any, int]:
+    """Run ``fn`` once under ``torch.utils.flop_counter`` and return (its result, total FLOPs).
+
+    The counter sees matmuls/convolutions (the dominant cost); elementwise ops are not counted,
+    so the figure is a slight underestimate, the same way for every agent.
+    """
+    mode = FlopCounterMode(display=False)
+    with mode:
+        out = fn()
+    return out, int(mode.get_total_flops())
+
+
+def trainable_params(obj: Any) -> int:
+    """Parameters the agent's optimizers update (target networks excluded), counted once."""
+    seen: set[int] = set()
+    total = 0
+    for v in vars(obj).values():
+        if isinstance(v, torch.optim.Optimizer):
+            for g in v.param_groups:
+                for p in g["params"]:
+                    if id(p) not in seen:
+                        seen.add(id(p))
+                        total += p.numel()
+    return total

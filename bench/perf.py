@@ -1,0 +1,136 @@
+"""``bench perf``: train briefly and report steady-state speed, split into env / act / learn.
+
+Steady state starts at the first metric row after the agent's first gradient step (replay
+warm-up and PPO's first rollout are excluded); the phase split covers the same window. With
+``--baseline key=value ...`` a second configuration of the same agent is measured in the same
+command (e.g. the CleanRL-style single-env Rainbow) and the speed-up is printed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import tempfile
+
+from bench.config import RunConfig, parse_duration
+from bench.errors import UserError
+from bench.run_cmd import add_agent_options
+
+
+def add_arguments(p: argparse.ArgumentParser, argv: list[str]) -> None:
+    p.add_argument("--agent", required=True, help="agent name")
+    p.add_argument("--game", required=True, help="game name")
+    p.add_argument("--seconds", default="30", help="training wall clock per measured configuration (default 30)")
+    p.add_argument("--seed", type=int, default=1, help="seed (default 1)")
+    p.add_argument("--threads", type=int, default=None, help="torch threads (default: all cores allowed)")
+    p.add_argument("--device", default="auto", help="auto | cpu | cuda")
+    p.add_argument("--baseline", nargs="+", metavar="KEY=VALUE", default=None,
+                   help="also measure the agent with these option overrides and print the speed-up, "
+                        "e.g. --baseline num_envs=1 batch_size=32 replay_ratio=8")  # fmt: skip
+    p.add_argument("--json", action="store_true", help="print one JSON object")
+    add_agent_options(p, argv)
+
+
+_KEYS = {"agent", "game", "seconds", "seed", "threads", "device", "baseline", "json", "command"}
+
+
+def _parse_kv(items: list[str]) -> dict:
+    out = {}
+    for it in items:
+        if "=" not in it:
+            raise UserError(f"--baseline {it!r}: expected KEY=VALUE")
+        k, v = it.split("=", 1)
+        out[k.strip().replace("-", "_")] = v.strip()
+    return out
+
+
+def _typed(cls, overrides: dict) -> dict:
+    """Convert KEY=VALUE strings to the config field types."""
+    import dataclasses
+    import typing
+
+    from bench.config import _converter, _unwrap
+
+    hints = typing.get_type_hints(cls)
+    names = {f.name for f in dataclasses.fields(cls)}
+    out = {}
+    for k, v in overrides.items():
+        if k not in names:
+            raise UserError(f"--baseline: unknown agent option {k!r}")
+        tp, optional = _unwrap(hints[k])
+        if tp is bool:
+            out[k] = v.lower() in ("1", "true", "yes", "on")
+        else:
+            try:
+                out[k] = _converter(tp, optional, k)(v)
+            except argparse.ArgumentTypeError as e:
+                raise UserError(str(e)) from None
+    return out
+
+
+def measure(agent: str, game: str, overrides: dict, seconds: float, seed: int, threads, device) -> dict:
+    from bench.harness import resolve, train
+
+    run0 = RunConfig(agent=agent, game=game, seed=seed)
+    _, cfg = resolve(run0, overrides)
+    n = cfg.num_envs
+    rows: list[dict] = []
+    with tempfile.TemporaryDirectory(prefix="bench-perf-") as tmp:
+        run = RunConfig(agent=agent, game=game, seed=seed, time_s=seconds, threads=threads, device=device,
+                        log_every=max(n, (4096 // n) * n), checkpoint_every_s=1e9)  # fmt: skip
+        summary = train(run, overrides, out=tmp, on_row=rows.append)
+    learning = [r for r in rows if r["grad_steps"] > 0]
+    start = learning[0] if len(learning) >= 2 else (rows[0] if rows else None)
+    end = rows[-1]
+    span = end["wall_s"] - start["wall_s"]
+    if span <= 0:
+        start = {"wall_s": 0.0, "env_steps": 0, "grad_samples": 0, "phase_s": dict.fromkeys(end["phase_s"], 0.0)}
+        span = end["wall_s"]
+    d = {k: end["phase_s"][k] - start["phase_s"][k] for k in ("env", "act", "learn")}
+    steps = end["env_steps"] - start["env_steps"]
+    return {
+        "agent": agent, "game": game, "num_envs": n, "overrides": {k: str(v) for k, v in overrides.items()},
+        "sps": steps / span,
+        "env_s": d["env"], "act_s": d["act"], "learn_s": d["learn"], "window_s": span,
+        "reuse_ratio": (end["grad_samples"] - start["grad_samples"]) / max(steps, 1),
+        "params": summary["params"],
+        "steady_from_env_steps": start["env_steps"],
+        "learning_started": len(learning) >= 2,
+        "total_env_steps": summary["env_steps"], "total_wall_s": summary["train_wall_s"],
+        "flops_per_grad_sample": summary["flops_per_grad_sample"],
+        "flops_per_act_sample": summary["flops_per_act_sample"],
+    }  # fmt: skip
+
+
+def _line(r: dict) -> str:
+    tot = r["env_s"] + r["act_s"] + r["learn_s"]
+    pct = {k: 100 * r[f"{k}_s"] / tot if tot else 0 for k in ("env", "act", "learn")}
+    warn = "" if r["learning_started"] else "  (learning never started: whole run measured)"
+    return (f"{r['agent']} {r['game']} num_envs={r['num_envs']} {' '.join(f'{k}={v}' for k, v in r['overrides'].items())}\n"
+            f"  {r['sps']:,.0f} env_steps/s steady (from env_steps {r['steady_from_env_steps']:,}, {r['window_s']:.1f} s)"
+            f"{warn}\n  env {r['env_s']:.1f}s ({pct['env']:.0f}%)  act {r['act_s']:.1f}s ({pct['act']:.0f}%)  "
+            f"learn {r['learn_s']:.1f}s ({pct['learn']:.0f}%)\n"
+            f"  reuse_ratio {r['reuse_ratio']:.2f}  params {r['params']:,}  "
+            f"{r['flops_per_grad_sample'] / 1e6:.2f} MFLOP/grad_sample")  # fmt: skip
+
+
+def main(args: argparse.Namespace) -> int:
+    seconds = parse_duration(args.seconds, "--seconds")
+    overrides = {k: v for k, v in vars(args).items() if k not in _KEYS}
+    res = measure(args.agent, args.game, overrides, seconds, args.seed, args.threads, args.device)
+    out = dict(res)
+    if args.baseline:
+        from bench.harness import load_agent_module
+
+        base_over = {**overrides, **_typed(load_agent_module(args.agent).Config, _parse_kv(args.baseline))}
+        base = measure(args.agent, args.game, base_over, seconds, args.seed, args.threads, args.device)
+        out["baseline"] = base
+        out["speedup"] = res["sps"] / base["sps"] if base["sps"] else None
+    if args.json:
+        print(json.dumps(out))
+        return 0
+    print(_line(res))
+    if args.baseline:
+        print("baseline:\n" + _line(out["baseline"]))
+        print(f"speed-up: {out['speedup']:.1f}x env_steps/s")
+    return 0

@@ -1,0 +1,80 @@
+"""Environment registry: a game name picks its family by prefix, and the family's adapter is
+imported lazily (PufferLib only ever from :mod:`envs.puffer`).
+
+* ``puffer_<name>``: PufferLib Ocean C env (``puffer_breakout``, ``puffer_pong``, ...);
+* ``gym:<id>``: any gymnasium id (``gym:CartPole-v1``);
+* anything else: an ALE ROM id (``breakout``, ``ms_pacman``, ...).
+"""
+
+from __future__ import annotations
+
+import difflib
+
+import torch
+
+from envs.base import EnvSpec, EnvStep, VecEnv
+
+__all__ = ["EnvSpec", "EnvStep", "VecEnv", "UnknownGame", "family_of", "make", "known_games", "check_game"]
+
+
+class UnknownGame(ValueError):
+    pass
+
+
+def family_of(game: str) -> str:
+    if game.startswith("puffer_"):
+        return "puffer"
+    if game.startswith("gym:"):
+        return "gym"
+    return "ale"
+
+
+def known_games(family: str) -> list[str]:
+    if family == "puffer":
+        from envs import puffer
+
+        return puffer.games()
+    if family == "ale":
+        from envs import ale
+
+        return ale.games()
+    import gymnasium as gym
+
+    return [f"gym:{k}" for k in gym.registry]
+
+
+def check_game(game: str) -> None:
+    """Raise :class:`UnknownGame` with the closest valid names if ``game`` does not exist."""
+    fam = family_of(game)
+    names = known_games(fam)
+    if game in names:
+        return
+    pool = names if fam != "ale" else names + known_games("puffer")
+    close = difflib.get_close_matches(game, pool, n=3, cutoff=0.5)
+    hint = f"; did you mean {', '.join(close)}?" if close else ""
+    kinds = "ALE ids like breakout, puffer_<ocean env>, or gym:<gymnasium id>"
+    raise UnknownGame(f"unknown game {game!r}{hint} (games are {kinds})")
+
+
+def make(
+    game: str,
+    num_envs: int,
+    device: torch.device | str = "cpu",
+    protocol: str | None = None,
+    num_threads: int = 0,
+) -> VecEnv:
+    """Build the batched env for ``game``. ``protocol`` applies to ALE games only."""
+    check_game(game)
+    device = torch.device(device)
+    fam = family_of(game)
+    if fam == "puffer":
+        from envs.puffer import PufferEnv
+
+        return PufferEnv(game, num_envs, device)
+    if fam == "gym":
+        from envs.gym import GymEnv
+
+        return GymEnv(game, num_envs, device)
+    from envs.ale import DEFAULT_PROTOCOL, AtariEnv
+
+    return AtariEnv(game, num_envs, device, protocol or DEFAULT_PROTOCOL, num_threads)
