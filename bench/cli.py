@@ -54,8 +54,11 @@ def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     os.environ.setdefault("PYTHONWARNINGS", "ignore::DeprecationWarning")
     try:
-        parser = build_parser(argv)
-        args = parser.parse_args(argv)
+        try:
+            parser = build_parser(argv)
+            args = parser.parse_args(argv)
+        except SystemExit as e:  # argparse's own exit (--help, or an error already printed)
+            return int(e.code or 0)
         if not args.command:
             parser.print_help()
             return 2

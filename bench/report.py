@@ -1,0 +1,72 @@
+"""``bench report DIR...``: figures, summary.md and summary.json from any set of run folders.
+
+Run folders are found recursively (any folder holding config.json). The numbers and the
+definitions behind them are in :mod:`plots.report`; this module only parses options, calls it,
+and prints a compact table and the files written.
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import shlex
+import sys
+from pathlib import Path
+
+
+def add_arguments(p: argparse.ArgumentParser, argv: list[str] | None = None) -> None:
+    p.add_argument("dirs", nargs="+", metavar="DIR", help="run folders, or folders holding them (searched recursively)")
+    p.add_argument("--out", default=None, help="report folder (default: DIR/report for the first DIR)")
+    p.add_argument("--reps", type=int, default=2000,
+                   help="bootstrap draws per confidence interval (default 2000)")  # fmt: skip
+    p.add_argument("--seed", type=int, default=0, help="seed of the bootstrap RNG (default 0)")
+    p.add_argument("--last-episodes", type=int, default=100,
+                   help="final score = mean return of a run's last N training episodes (default 100)")  # fmt: skip
+    p.add_argument("--score", choices=["auto", "train", "eval"], default="auto",
+                   help="final-score source: auto = evaluation where every run of a game has one, else training "
+                        "episodes (default auto)")  # fmt: skip
+    p.add_argument("--allow-mixed", action="store_true",
+                   help="pool runs with different protocols or hardware fingerprints (marked MIXED)")  # fmt: skip
+
+
+def main(args: argparse.Namespace) -> int:
+    from plots.report import Options, build_report
+
+    out = Path(args.out) if args.out else Path(args.dirs[0]) / "report"
+    opts = Options(out=out, reps=args.reps, seed=args.seed, last_episodes=args.last_episodes,
+                   allow_mixed=args.allow_mixed, score=args.score,
+                   command="bench " + " ".join(shlex.quote(a) for a in sys.argv[1:]))  # fmt: skip
+    num, files = build_report(args.dirs, opts)
+    _print_table(num)
+    print(f"wrote {len(files)} files to {out}:")
+    for f in files:
+        print(f"  {f}")
+    return 0
+
+
+def _print_table(num) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    from plots.report import fmt, fmt_est
+
+    t = Table(title=f"final score: IQM over seeds [95% CI] ({num.opts.reps} bootstrap draws)"
+              + ("  MIXED" if num.mixed else ""), title_justify="left")  # fmt: skip
+    for col in ("agent", "game", "runs", "final score", "normalised", "SPS", "reuse", "wall s", "FLOPs"):
+        t.add_column(col, justify="left" if col in ("agent", "game") else "right")
+    for row in num.rows:
+        ok = sum(r.status == "ok" for r in row.runs)
+        runs = f"{ok}/{len(row.runs)}" if ok != len(row.runs) else str(ok)
+        t.add_row(row.label, row.game, runs, fmt_est(row.final, row.scored), fmt_est(row.normalized, row.scored),
+                  fmt(row.sps), fmt(row.reuse_ratio), fmt(row.wall_s),
+                  fmt(row.train_flops) if math.isfinite(row.train_flops) else "n/a")  # fmt: skip
+    console = Console(width=max(Console().width, 140))
+    console.print(t)
+    for m in num.mixed:
+        console.print(f"[bold red]MIXED[/]: {m}")
+    bad = [r for r in num.runs if r.status != "ok"]
+    if bad:
+        console.print(f"{len(bad)} run(s) not finished cleanly (listed in summary.md): "
+                      + ", ".join(f"{r.path} ({r.status})" for r in bad[:5]) + (" ..." if len(bad) > 5 else ""))  # fmt: skip
+    for p, why in num.skipped:
+        console.print(f"skipped {p}: {why}")

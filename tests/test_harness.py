@@ -1,0 +1,189 @@
+"""The harness, meter and results store: files, ledger arithmetic, resume, determinism, bad input."""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+import agents
+from bench.cli import main as cli
+from bench.config import RunConfig, parse_duration, parse_steps
+from bench.errors import RunFailed, UserError
+from bench.harness import train
+
+BENCH = [sys.executable, "-m", "bench.cli"]
+
+
+def rows(path: Path) -> list[dict]:
+    with open(path) as f:
+        return list(csv.DictReader(f))
+
+
+def test_random_run_writes_every_file_and_columns_add_up(tmp_run):
+    run = RunConfig(agent="random", game="puffer_breakout", seed=3, steps=300_000, eval_every=150_000, eval_episodes=2)
+    s = train(run, {"num_envs": 256}, out=tmp_run)
+    for name in ("config.json", "metrics.csv", "eval.csv", "compute.json", "checkpoint.pt", "done", "learner.csv"):
+        if name != "learner.csv":  # random never learns: no learner rows
+            assert (tmp_run / name).exists(), name
+    cfg = json.loads((tmp_run / "config.json").read_text())
+    assert cfg["env"]["protocol"]["frameskip"] == 4 and cfg["fingerprint"]["torch"]
+    assert cfg["agent"]["num_envs"] == 256 and cfg["run"]["seed"] == 3
+    m = rows(tmp_run / "metrics.csv")
+    assert len(m) >= 10
+    for r in m:
+        assert int(r["frames"]) == 4 * int(r["env_steps"])
+        assert int(r["grad_samples"]) == 0 and float(r["reuse_ratio"]) == 0.0
+    assert int(m[-1]["env_steps"]) == s["env_steps"] == 300_032  # budget rounded up to whole vector steps
+    assert s["frames"] == 4 * s["env_steps"] and s["reuse_ratio"] == 0.0
+    assert int(m[-1]["episodes"]) == s["episodes"] > 0
+    ev = rows(tmp_run / "eval.csv")
+    assert [int(r["env_steps"]) for r in ev] == [150_016, 300_032] and all(int(r["eval_episodes"]) == 2 for r in ev)
+    comp = json.loads((tmp_run / "compute.json").read_text())
+    assert set(comp["phase_s"]) == {"env", "act", "learn", "eval"}
+    assert json.loads((tmp_run / "done").read_text())["status"] == "ok"
+
+
+def test_episode_returns_in_rows_match_the_script(tmp_run):
+    # Scripted env: episode lengths 3..6, return L(L+1)/2; one env, one row per 4 steps would be
+    # fiddly, so log every 12 steps = 1 row per 3-, 4-, 5-length episodes... check the mean instead.
+    run = RunConfig(agent="random", game="gym:Scripted-v0", seed=0, steps=18, log_every=18)
+    train(run, {"num_envs": 1}, out=tmp_run)
+    (r,) = rows(tmp_run / "metrics.csv")
+    # 18 steps = episodes of 3, 4, 5, 6 steps: returns 6, 10, 15, 21.
+    assert int(r["episodes"]) == 4
+    assert float(r["episode_return"]) == pytest.approx((6 + 10 + 15 + 21) / 4)
+    assert float(r["episode_length"]) == pytest.approx(4.5)
+
+
+def test_reuse_ratio_is_grad_samples_over_env_steps(tmp_run, monkeypatch):
+    monkeypatch.setitem(agents.AGENTS, "nan", "tests.helpers.nan_agent")
+    run = RunConfig(agent="nan", game="gym:CartPole-v1", seed=0, steps=16, log_every=4)
+    s = train(run, {"num_envs": 4, "nan_after": 100}, out=tmp_run)
+    assert s["grad_steps"] == 4 and s["grad_samples"] == 32 and s["reuse_ratio"] == pytest.approx(2.0)
+    assert [float(r["reuse_ratio"]) for r in rows(tmp_run / "metrics.csv")] == [2.0] * 4
+    assert len(rows(tmp_run / "learner.csv")) == 4
+
+
+def test_nan_loss_marks_run_failed_and_keeps_files(tmp_run, monkeypatch):
+    monkeypatch.setitem(agents.AGENTS, "nan", "tests.helpers.nan_agent")
+    run = RunConfig(agent="nan", game="gym:CartPole-v1", seed=0, steps=400, log_every=8)
+    with pytest.raises(RunFailed, match="loss"):
+        train(run, {"num_envs": 4, "nan_after": 20}, out=tmp_run)
+    failed = json.loads((tmp_run / "failed").read_text())
+    assert failed["env_steps"] == 84 and "loss" in failed["reason"]  # the 21st update, at 21 vector steps
+    assert not (tmp_run / "done").exists() and len(rows(tmp_run / "metrics.csv")) == 10
+    with pytest.raises(UserError, match="failed run"):  # not silently restarted
+        train(run, {"num_envs": 4, "nan_after": 20}, out=tmp_run)
+
+
+def _strip_time(path: Path) -> list[dict]:
+    return [{k: v for k, v in r.items() if k not in ("wall_s", "sps")} for r in rows(path)]
+
+
+def test_same_seed_same_metrics(tmp_path):
+    for d in ("a", "b"):
+        run = RunConfig(agent="random", game="puffer_breakout", seed=11, steps=200_000, log_every=20_000)
+        train(run, {"num_envs": 128}, out=tmp_path / d)
+    a, b = _strip_time(tmp_path / "a" / "metrics.csv"), _strip_time(tmp_path / "b" / "metrics.csv")
+    assert a == b and len(a) == 10
+    run = RunConfig(agent="random", game="puffer_breakout", seed=12, steps=200_000, log_every=20_000)
+    train(run, {"num_envs": 128}, out=tmp_path / "c")
+    assert _strip_time(tmp_path / "c" / "metrics.csv") != a
+
+
+def test_sigkill_then_resume(tmp_path):
+    out = tmp_path / "run"
+    cmd = BENCH + ["run", "--agent", "random", "--game", "puffer_breakout", "--steps", "8M", "--num-envs", "512",
+                   "--checkpoint-every", "0.3s", "--log-every", "50k", "--out", str(out)]  # fmt: skip
+    env = dict(os.environ, PYTHONPATH=str(Path(__file__).resolve().parent.parent))
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 60
+    while time.time() < deadline and not (out / "checkpoint.pt").exists():
+        time.sleep(0.05)
+    time.sleep(1.0)  # let it run past the checkpoint, writing rows that must be dropped
+    assert proc.poll() is None, "run finished before it could be killed; raise --steps"
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert not (out / "done").exists()
+    before = rows(out / "metrics.csv")
+    r = subprocess.run(cmd, env=env, capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+    after = rows(out / "metrics.csv")
+    steps = [int(x["env_steps"]) for x in after]
+    assert all(a < b for a, b in zip(steps, steps[1:])), "env_steps must strictly increase (no duplicates)"
+    assert steps[-1] == 8_000_000  # == an uninterrupted run's budget (8M is a whole number of 512-env steps)
+    assert len(before) > 0 and (out / "done").exists()
+    comp = json.loads((out / "compute.json").read_text())
+    assert comp["env_steps"] == 8_000_000 and comp["frames"] == 4 * 8_000_000
+    walls = [float(x["wall_s"]) for x in after]
+    assert all(a <= b for a, b in zip(walls, walls[1:])), "training wall clock continues across the resume"
+    r2 = subprocess.run(cmd, env=env, capture_output=True, text=True)  # finished: not rerun
+    assert r2.returncode == 0 and "already finished" in r2.stdout
+    assert rows(out / "metrics.csv") == after
+
+
+def test_budget_parsing():
+    assert parse_steps("2M") == 2_000_000 and parse_steps("500k") == 500_000 and parse_steps("1.5e6") == 1_500_000
+    assert parse_duration("10m") == 600 and parse_duration("1h30m") == 5400 and parse_duration("90") == 90
+    for bad in ("banana", "-5", "0", "1.5", ""):
+        with pytest.raises(UserError):
+            parse_steps(bad)
+    for bad in ("-5m", "0s", "10x", "m"):
+        with pytest.raises(UserError):
+            parse_duration(bad)
+
+
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (["--steps", "banana"], "--steps 'banana'"),
+        (["--time", "-5m"], "--time '-5m'"),
+        (["--steps", "1k", "--no-such-option", "3"], "unrecognized arguments: --no-such-option"),
+        (["--steps", "1k", "--num-envs", "many"], "--num-envs 'many'"),
+        ([], "give a budget"),
+    ],
+)
+def test_bad_cli_input_one_line_exit_2(capsys, tmp_run, argv, message):
+    code = cli(["run", "--agent", "random", "--game", "puffer_breakout", "--out", str(tmp_run), *argv])
+    err = capsys.readouterr().err.strip()
+    assert code == 2
+    assert message in err and len(err.splitlines()) == 1 and "Traceback" not in err
+    assert not tmp_run.exists()
+
+
+def test_unknown_agent_and_game(capsys):
+    assert cli(["run", "--agent", "ppp", "--game", "puffer_breakout", "--steps", "1k"]) == 2
+    assert "unknown agent 'ppp'" in capsys.readouterr().err
+    assert cli(["run", "--agent", "random", "--game", "puffer_breakot", "--steps", "1k"]) == 2
+    assert "did you mean puffer_breakout" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("damage", ["config", "metrics"])
+def test_damaged_run_folder_is_refused_untouched(capsys, tmp_run, damage):
+    args = ["run", "--agent", "random", "--game", "gym:CartPole-v1", "--steps", "2k", "--out", str(tmp_run)]
+    assert cli(args[:-4] + ["--steps", "4k", "--out", str(tmp_run), "--checkpoint-every", "1h"]) == 0
+    (tmp_run / "done").unlink()  # pretend it was interrupted
+    target = tmp_run / ("config.json" if damage == "config" else "metrics.csv")
+    text = target.read_text()
+    target.write_text(text[: len(text) // 2])  # truncated mid-file
+    snapshot = {p.name: p.read_bytes() for p in tmp_run.iterdir()}
+    capsys.readouterr()
+    assert cli(args[:-4] + ["--steps", "4k", "--out", str(tmp_run), "--checkpoint-every", "1h"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and target.name in err
+    assert {p.name: p.read_bytes() for p in tmp_run.iterdir()} == snapshot
+
+
+def test_out_folder_of_another_run_is_refused(capsys, tmp_run):
+    base = ["run", "--agent", "random", "--game", "gym:CartPole-v1", "--steps", "1k", "--out", str(tmp_run)]
+    assert cli(base) == 0
+    assert cli(base[:-2] + ["--seed", "9", "--out", str(tmp_run)]) == 2
+    assert "holds a different run" in capsys.readouterr().err
