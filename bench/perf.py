@@ -58,7 +58,9 @@ def _typed(cls, overrides: dict) -> dict:
         if k not in names:
             raise UserError(f"--baseline: unknown agent option {k!r}")
         tp, optional = _unwrap(hints[k])
-        if tp is bool:
+        if not isinstance(v, str):  # already typed (TOML): the Config constructor checks it
+            out[k] = v
+        elif tp is bool:
             out[k] = v.lower() in ("1", "true", "yes", "on")
         else:
             try:

@@ -13,6 +13,8 @@ import shlex
 import sys
 from pathlib import Path
 
+from bench.errors import UserError
+
 
 def add_arguments(p: argparse.ArgumentParser, argv: list[str] | None = None) -> None:
     p.add_argument("dirs", nargs="+", metavar="DIR", help="run folders, or folders holding them (searched recursively)")
@@ -25,6 +27,7 @@ def add_arguments(p: argparse.ArgumentParser, argv: list[str] | None = None) -> 
     p.add_argument("--score", choices=["auto", "train", "eval"], default="auto",
                    help="final-score source: auto = evaluation where every run of a game has one, else training "
                         "episodes (default auto)")  # fmt: skip
+    p.add_argument("--formats", default="png,pdf", help="figure files to write, comma-separated (default png,pdf)")
     p.add_argument("--allow-mixed", action="store_true",
                    help="pool runs with different protocols or hardware fingerprints (marked MIXED)")  # fmt: skip
 
@@ -33,8 +36,12 @@ def main(args: argparse.Namespace) -> int:
     from plots.report import Options, build_report
 
     out = Path(args.out) if args.out else Path(args.dirs[0]) / "report"
+    formats = tuple(f.strip().lower() for f in args.formats.split(",") if f.strip())
+    bad = [f for f in formats if f not in ("png", "pdf", "svg")]
+    if bad or not formats:
+        raise UserError(f"--formats {args.formats!r}: choose from png, pdf, svg")
     opts = Options(out=out, reps=args.reps, seed=args.seed, last_episodes=args.last_episodes,
-                   allow_mixed=args.allow_mixed, score=args.score,
+                   allow_mixed=args.allow_mixed, score=args.score, formats=formats,
                    command="bench " + " ".join(shlex.quote(a) for a in sys.argv[1:]))  # fmt: skip
     num, files = build_report(args.dirs, opts)
     _print_table(num)

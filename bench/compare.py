@@ -1,0 +1,188 @@
+"""``bench compare``: agents side by side on one game under equal budgets, then the report.
+
+Expands agents x (reuse values) x (horizon values) x seeds into runs, runs them with equal pinned
+CPU shares (:mod:`bench.runner`), writes figures/summary with ``bench report`` and prints a
+terminal table. Rerunning the same command skips finished runs and resumes unfinished ones.
+
+Sweep knobs per agent (what "reuse" and "horizon" mean for each algorithm):
+
+* reuse (gradient samples per env step): PPO ``epochs`` (every epoch uses the whole batch);
+  Rainbow / BTR ``replay_ratio``.
+* horizon (bootstrap horizon in env steps): PPO ``segment_length``; Rainbow / BTR ``n_step``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+from pathlib import Path
+
+import envs
+from bench.config import parse_duration, parse_steps
+from bench.errors import UserError
+from bench.runner import RunSpec, allowed_cpus, run_local, run_ray
+from bench.results import RunDir
+
+REUSE_KNOB = {"ppo": "epochs", "rainbow": "replay_ratio", "btr": "replay_ratio"}
+HORIZON_KNOB = {"ppo": "segment_length", "rainbow": "n_step", "btr": "n_step"}
+# Default budgets per family: ALE uses the literature's 10M env steps (40M frames); Ocean games
+# a wall-clock budget that shows real learning in minutes on a laptop CPU; gymnasium 300K steps.
+DEFAULT_BUDGET = {"ale": {"steps": 10_000_000}, "puffer": {"time_s": 120.0}, "gym": {"steps": 300_000}}
+
+
+def add_arguments(p: argparse.ArgumentParser, argv: list[str]) -> None:
+    p.add_argument("--agents", nargs="*", required=True, help="agents to compare, e.g. ppo rainbow")
+    p.add_argument("--game", required=True, help="game name (breakout, puffer_breakout, gym:CartPole-v1)")
+    p.add_argument("--seeds", type=int, default=3, help="seeds per agent (default 3; seeds are 1..N)")
+    p.add_argument("--steps", default=None, help="env-step budget per run (default: ALE 10M, gym 300K)")
+    p.add_argument("--time", default=None, help="training wall clock per run (default for puffer_*: 2m)")
+    p.add_argument("--workers", type=int, default=None,
+                   help="runs in parallel, each pinned to cores/workers cores (default: one per core)")  # fmt: skip
+    p.add_argument("--out", default=None, help="output folder (default runs/compare-<game>)")
+    p.add_argument("--agent-option", action="append", default=[], metavar="AGENT.KEY=VALUE",
+                   help="agent option for one agent, e.g. ppo.epochs=2 (repeatable)")  # fmt: skip
+    p.add_argument("--reuse", nargs="+", type=float, default=None,
+                   help="sample-reuse ratios to sweep (PPO epochs; Rainbow/BTR replay ratio)")  # fmt: skip
+    p.add_argument("--horizon", nargs="+", type=int, default=None,
+                   help="bootstrap horizons to sweep (PPO segment length; Rainbow/BTR n-step)")  # fmt: skip
+    p.add_argument("--eval-episodes", type=int, default=0, help="greedy evaluation episodes at the end of each run")
+    p.add_argument("--backend", choices=["local", "ray"], default="local", help="local process pool or Ray tasks")
+    p.add_argument("--address", default=None, help="Ray cluster address (auto | HOST:PORT); default: start one")
+    p.add_argument("--reps", type=int, default=2000, help="bootstrap repetitions for the report's CIs")
+    p.add_argument("--no-report", action="store_true", help="run only; skip figures and summary")
+
+
+def parse_agent_options(items: list[str], agents: list[str]) -> dict[str, dict[str, str]]:
+    out: dict[str, dict[str, str]] = {a: {} for a in agents}
+    for it in items:
+        if "=" not in it or "." not in it.split("=", 1)[0]:
+            raise UserError(f"--agent-option {it!r}: expected AGENT.KEY=VALUE, e.g. ppo.epochs=2")
+        key, value = it.split("=", 1)
+        agent, field = key.split(".", 1)
+        if agent not in out:
+            raise UserError(f"--agent-option {it!r}: {agent!r} is not among --agents ({', '.join(agents)})")
+        out[agent][field.replace("-", "_")] = value
+    return out
+
+
+def _fmt_value(v: float) -> str:
+    return str(int(v)) if float(v).is_integer() else f"{v:g}"
+
+
+def expand(agents: list[str], game: str, seeds: int, out: Path, steps: int | None, time_s: float | None,
+           options: dict[str, dict], reuse: list[float] | None, horizon: list[int] | None,
+           eval_episodes: int = 0) -> list[RunSpec]:  # fmt: skip
+    """agents x reuse x horizon x seeds -> run specs with equal budgets (validated up front)."""
+    from bench.harness import load_agent_module, resolve
+    from bench.perf import _typed
+
+    specs: list[RunSpec] = []
+    for agent in agents:
+        mod = load_agent_module(agent)
+        base = _typed(mod.Config, options.get(agent, {}))
+        variants: list[tuple[str, dict]] = [(agent, {})]
+        if reuse:
+            if agent not in REUSE_KNOB:
+                raise UserError(f"--reuse: agent {agent!r} has no reuse knob (known: {', '.join(REUSE_KNOB)})")
+            knob = REUSE_KNOB[agent]
+            conv = int if knob == "epochs" else float
+            for r in reuse:
+                if r <= 0 or (conv is int and not float(r).is_integer()):
+                    raise UserError(f"--reuse {r:g}: {agent} needs a positive {'whole ' if conv is int else ''}number")
+            variants = [(f"{lab}-reuse{_fmt_value(r)}", {**o, knob: conv(r)}) for lab, o in variants for r in reuse]
+        if horizon:
+            if agent not in HORIZON_KNOB:
+                raise UserError(f"--horizon: agent {agent!r} has no horizon knob (known: {', '.join(HORIZON_KNOB)})")
+            for h in horizon:
+                if h < 1:
+                    raise UserError(f"--horizon {h}: must be >= 1")
+            knob = HORIZON_KNOB[agent]
+            variants = [(f"{lab}-h{h}", {**o, knob: h}) for lab, o in variants for h in horizon]
+        for label, extra in variants:
+            overrides = {**base, **extra}
+            from bench.config import RunConfig
+
+            resolve(RunConfig(agent=agent, game=game), overrides)  # validates names and values now
+            for seed in range(1, seeds + 1):
+                specs.append(RunSpec(agent=agent, game=game, seed=seed, label=label, steps=steps, time_s=time_s,
+                                     overrides=overrides, eval_episodes=eval_episodes,
+                                     out=str(out / label / game.replace(":", "_").replace("/", "_") / f"seed{seed}")))  # fmt: skip
+    return specs
+
+
+def check_existing(specs: list[RunSpec]) -> None:
+    """Refuse up front if --out already holds runs with other budgets or options."""
+    for s in specs:
+        rd = RunDir(s.out)
+        if rd.status == "new":
+            continue
+        cfg = rd.config()
+        prev = cfg["run"]
+        if (prev.get("steps"), prev.get("time_s")) != (s.steps, s.time_s):
+            raise UserError(
+                f"{s.out} was run with budget steps={prev.get('steps')} time_s={prev.get('time_s')}, "
+                f"this command asks steps={s.steps} time_s={s.time_s}: conflicting budgets; use another --out"
+            )
+
+
+def eta_text(specs: list[RunSpec], workers: int) -> str:
+    todo = [s for s in specs if RunDir(s.out).status != "done"]
+    if not todo:
+        return "all runs already finished"
+    waves = math.ceil(len(todo) / workers)
+    if all(s.time_s is not None for s in todo):
+        return f"ETA ~{waves * max(s.time_s for s in todo) / 60:.0f} min ({len(todo)} runs, {workers} at a time)"
+    from bench.perf import measure
+
+    share = max(1, len(allowed_cpus()) // workers)
+    total_s = 0.0
+    probe: dict[tuple, float] = {}
+    for s in todo:
+        key = (s.agent, json.dumps(s.overrides, sort_keys=True, default=str))
+        if key not in probe:
+            probe[key] = measure(s.agent, s.game, dict(s.overrides), 10.0, 0, share, "auto")["sps"]
+        t = s.steps / max(probe[key], 1e-9)
+        total_s += min(t, s.time_s) if s.time_s else t
+    return f"ETA ~{total_s / workers / 3600:.1f} h ({len(todo)} runs, {workers} at a time; from a 10 s speed probe each)"
+
+
+def main(args: argparse.Namespace) -> int:
+    agents = list(dict.fromkeys(args.agents))
+    if not agents:
+        raise UserError("--agents is empty: name at least one agent, e.g. --agents ppo rainbow")
+    if args.seeds < 1:
+        raise UserError(f"--seeds {args.seeds} must be >= 1")
+    try:
+        envs.check_game(args.game)
+    except envs.UnknownGame as e:
+        raise UserError(str(e)) from None
+    steps, time_s = parse_steps(args.steps, "--steps"), parse_duration(args.time, "--time")
+    if steps is None and time_s is None:
+        d = DEFAULT_BUDGET[envs.family_of(args.game)]
+        steps, time_s = d.get("steps"), d.get("time_s")
+    out = Path(args.out or f"runs/compare-{args.game.replace(':', '_').replace('/', '_')}")
+    options = parse_agent_options(args.agent_option, agents)
+    specs = expand(agents, args.game, args.seeds, out, steps, time_s, options, args.reuse, args.horizon,
+                   args.eval_episodes)  # fmt: skip
+    check_existing(specs)
+    workers = args.workers or min(len(allowed_cpus()), len(specs))
+    budget = " and ".join(x for x in (steps and f"{steps:,} env_steps", time_s and f"{time_s:g} s training wall clock") if x)
+    print(f"compare: {len(specs)} runs ({', '.join(agents)} x {args.seeds} seeds"
+          f"{' x reuse ' + str(args.reuse) if args.reuse else ''}{' x horizon ' + str(args.horizon) if args.horizon else ''}) "
+          f"on {args.game}, budget {budget} each, into {out}")  # fmt: skip
+    print(eta_text(specs, workers), flush=True)
+    if args.backend == "ray":
+        results = run_ray(specs, args.address, max(1, len(allowed_cpus()) // workers), 0, out / "logs")
+    else:
+        results = run_local(specs, workers, out / "logs")
+    failed = {k: v for k, v in results.items() if v.startswith("failed")}
+    for k, v in failed.items():
+        print(f"  {k}: {v}")
+    if not args.no_report:
+        from bench.cli import main as cli
+
+        code = cli(["report", str(out), "--out", str(out / "report"), "--reps", str(args.reps)])
+        if code != 0:
+            return code
+    return 1 if failed else 0
