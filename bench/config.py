@@ -77,11 +77,12 @@ class RunConfig:
     protocol: str | None = None  # ALE protocol preset (machado | dqn); None: the default
     label: str | None = None  # a name for this run in reports (sweeps); None: the agent name
     tensorboard: bool = False  # also write TensorBoard events from the same rows
+    debug_update_sleep_s: float = 0.0  # test-only: sleep after each learning update (bench regress's check)
 
     def identity(self) -> dict[str, Any]:
         """The fields that define *which* run this is: a resumed run must match them."""
         d = dataclasses.asdict(self)
-        for k in ("checkpoint_every_s", "tensorboard", "threads", "device", "log_every"):
+        for k in ("checkpoint_every_s", "tensorboard", "threads", "device", "log_every", "debug_update_sleep_s"):
             d.pop(k)
         return d
 

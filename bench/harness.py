@@ -343,6 +343,8 @@ def train(
                     metrics, flops = count_flops(agent.update)
                 else:
                     metrics = agent.update()
+                if metrics and run.debug_update_sleep_s:
+                    time.sleep(run.debug_update_sleep_s)
             obs = step.obs
             if metrics:
                 gs = int(metrics.get("grad_samples", 0))

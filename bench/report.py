@@ -17,7 +17,9 @@ from bench.errors import UserError
 
 
 def add_arguments(p: argparse.ArgumentParser, argv: list[str] | None = None) -> None:
-    p.add_argument("dirs", nargs="+", metavar="DIR", help="run folders, or folders holding them (searched recursively)")
+    p.add_argument(
+        "dirs", nargs="+", metavar="DIR", help="run folders, or folders holding them (searched recursively)"
+    )
     p.add_argument("--out", default=None, help="report folder (default: DIR/report for the first DIR)")
     p.add_argument("--reps", type=int, default=2000,
                    help="bootstrap draws per confidence interval (default 2000)")  # fmt: skip
@@ -27,7 +29,9 @@ def add_arguments(p: argparse.ArgumentParser, argv: list[str] | None = None) -> 
     p.add_argument("--score", choices=["auto", "train", "eval"], default="auto",
                    help="final-score source: auto = evaluation where every run of a game has one, else training "
                         "episodes (default auto)")  # fmt: skip
-    p.add_argument("--formats", default="png,pdf", help="figure files to write, comma-separated (default png,pdf)")
+    p.add_argument(
+        "--formats", default="png,pdf", help="figure files to write, comma-separated (default png,pdf)"
+    )
     p.add_argument("--allow-mixed", action="store_true",
                    help="pool runs with different protocols or hardware fingerprints (marked MIXED)")  # fmt: skip
 
