@@ -118,3 +118,11 @@ def test_sweep_on_local_ray_runs_a_4_run_grid(tmp_path):
     assert "4/4 runs finished" in r.stdout
     done = sorted(p.parent.relative_to(out).as_posix() for p in out.rglob("done"))
     assert done == [f"random-num_envs{n}/gym_CartPole-v1/seed{s}" for n in (2, 4) for s in (1, 2)]
+
+
+@pytest.mark.parametrize("path", sorted((ROOT / "experiments").glob("*.toml")), ids=lambda p: p.name)
+def test_example_sweep_files_expand(path, tmp_path):
+    from bench.sweep import load_sweep, specs_from
+
+    specs = specs_from(load_sweep(str(path)), tmp_path, str(path))
+    assert specs and len({s.out for s in specs}) == len(specs)  # every run has its own folder

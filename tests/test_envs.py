@@ -36,7 +36,7 @@ def test_termination_final_obs_and_reset():
     env = envs.make("gym:Scripted-v0", 1)
     obs = env.reset(0)
     assert obs[0].tolist() == [0, 0]
-    for t in range(1, 4):  # episode 0 lasts 3 steps
+    for _ in range(3):  # episode 0 lasts 3 steps
         step = env.step(torch.zeros(1, dtype=torch.int64))
     assert step.terminated.item() and step.done.item() and not step.truncated.item()
     assert step.final_obs[0].tolist() == [3, 0]  # the true last observation of episode 0
