@@ -15,7 +15,7 @@ from bench.errors import UserError
 from plots import load, stats
 from plots.report import Options, build_report, compute, final_score
 
-REPS = 200
+REPS = 100  # bootstrap draws: enough to exercise the CIs (plots/stats tests check them exactly)
 
 PUFFER_PROTOCOL = {"backend": "pufferlib 3.0.0 ocean/breakout (C, in-process)", "frameskip": 4,
                    "sticky_actions": 0.0, "action_set": "native (3 actions)", "life_loss": "none (episode = full game)",
@@ -26,18 +26,24 @@ ALE_PROTOCOL = {"name": "machado", "frameskip": 4, "sticky_actions": 0.25, "acti
 AGENT_CONFIGS = {
     "ppo": {"num_envs": 8, "segment_length": 64, "epochs": 4},
     "rainbow": {"num_envs": 8, "n_step": 3, "replay_ratio": 8.0},
+    "btr": {"num_envs": 8, "n_step": 3, "replay_ratio": 2.0},
     "random": {"num_envs": 8},
 }
-REUSE = {"ppo": 4.0, "rainbow": 8.0, "random": 0.0}
-SKILL = {"ppo": 300.0, "rainbow": 200.0, "random": 1.0}  # score reached at the end of a full run
-SECONDS_PER_ROW = {"ppo": 1.0, "rainbow": 3.0, "random": 0.1}
+REUSE = {"ppo": 4.0, "rainbow": 8.0, "btr": 2.0, "random": 0.0}
+SKILL = {
+    "ppo": 300.0,
+    "rainbow": 200.0,
+    "btr": 250.0,
+    "random": 1.0,
+}  # score reached at the end of a full run
+SECONDS_PER_ROW = {"ppo": 1.0, "rainbow": 3.0, "btr": 2.0, "random": 0.1}
 
 
 def write_run(root: Path, agent: str, game: str = "puffer_breakout", seed: int = 1, *, rows: int = 40,
               steps_per_row: int = 1000, status: str = "ok", label: str | None = None, eval_rows: int = 0,
               protocol: dict | None = None, cpu: str = "Test CPU", agent_config: dict | None = None,
               reuse: float | None = None, torn_tail: bool = False, compute_json: bool = True,
-              episodes_per_row: int = 3) -> Path:  # fmt: skip
+              episodes_per_row: int = 3, budget_rows: int | None = None) -> Path:  # fmt: skip
     """A run folder exactly as `bench run` writes it (config.json, metrics.csv, eval.csv,
     learner.csv, compute.json, done/failed); returns learn linearly towards SKILL[agent]."""
     family = "puffer" if game.startswith("puffer_") else "ale"
@@ -48,7 +54,7 @@ def write_run(root: Path, agent: str, game: str = "puffer_breakout", seed: int =
     reuse = REUSE[agent] if reuse is None else reuse
     config = {
         "schema": 1,
-        "run": {"agent": agent, "game": game, "seed": seed, "steps": rows * steps_per_row, "time_s": None,
+        "run": {"agent": agent, "game": game, "seed": seed, "steps": (budget_rows or rows) * steps_per_row, "time_s": None,
                 "eval_every": None, "eval_episodes": 0, "log_every": steps_per_row, "checkpoint_every_s": 60.0,
                 "device": "cpu", "threads": 2, "protocol": None, "label": label, "tensorboard": False,
                 "out": str(path)},
@@ -100,14 +106,17 @@ def write_run(root: Path, agent: str, game: str = "puffer_breakout", seed: int =
     return path
 
 
-def synthetic_set(root: Path, games=("puffer_breakout",), seeds=(1, 2, 3)) -> Path:
+def synthetic_set(root: Path, games=("puffer_breakout",), seeds=(1, 2, 3), agents=("ppo", "rainbow", "random"),
+                  single_seed_agents=()) -> Path:  # fmt: skip
     for game in games:
-        for agent in ("ppo", "rainbow", "random"):
+        for agent in agents:
             for s in seeds:
                 # One crashed rainbow run, shorter than the others, with a torn last line.
                 crashed = agent == "rainbow" and s == seeds[-1] and len(seeds) > 1
-                write_run(root, agent, game, s, rows=25 if crashed else 40, status="incomplete" if crashed else "ok",
-                          torn_tail=crashed)  # fmt: skip
+                write_run(root, agent, game, s, rows=25 if crashed else 40, budget_rows=40,
+                          status="incomplete" if crashed else "ok", torn_tail=crashed)  # fmt: skip
+        for agent in single_seed_agents:
+            write_run(root, agent, game, seeds[0])
     return root
 
 
@@ -144,7 +153,9 @@ def test_loading_keeps_ragged_failed_and_crashed_runs(tmp_path):
     assert math.isnan(crashed.train_flops) and any("compute.json" in n for n in crashed.notes)
     table = load.tidy(runs)
     assert len(table) == 40 + 10 + 7
-    assert {"agent", "game", "seed", "protocol", "hardware", "status", *load.METRIC_COLUMNS} <= set(table.columns)
+    assert {"agent", "game", "seed", "protocol", "hardware", "status", *load.METRIC_COLUMNS} <= set(
+        table.columns
+    )
     assert set(table[table.seed == 3].status) == {"incomplete"}
 
 
@@ -169,7 +180,13 @@ def test_final_score_last_n_episodes_and_eval(tmp_path):
 
 def test_mixed_protocol_is_refused_unless_allowed(tmp_path):
     write_run(tmp_path / "a", "ppo", "breakout", seed=1)
-    write_run(tmp_path / "b", "ppo", "breakout", seed=2, protocol={**ALE_PROTOCOL, "name": "dqn", "sticky_actions": 0.0})
+    write_run(
+        tmp_path / "b",
+        "ppo",
+        "breakout",
+        seed=2,
+        protocol={**ALE_PROTOCOL, "name": "dqn", "sticky_actions": 0.0},
+    )
     runs, skipped = load.load_runs([tmp_path])
     with pytest.raises(UserError) as e:
         compute(runs, skipped, opts(tmp_path / "r"))
@@ -199,7 +216,11 @@ EXPECTED_FIGURES = {"curves_puffer_breakout", "curves_breakout", "curves_aggrega
 
 
 def test_every_figure_builds_headless_from_synthetic_runs(tmp_path):
-    root = synthetic_set(tmp_path / "runs", games=("puffer_breakout", "breakout"))
+    # Two games, three agents with 3 seeds (one crashed rainbow run per game) and a single-seed
+    # agent (btr), so the no-CI drawing paths run too.
+    root = synthetic_set(
+        tmp_path / "runs", games=("puffer_breakout", "breakout"), single_seed_agents=("btr",)
+    )
     out = tmp_path / "report"
     num, files = build_report([root], opts(out))
     pngs = {p.stem for p in files if p.suffix == ".png"}
@@ -209,23 +230,27 @@ def test_every_figure_builds_headless_from_synthetic_runs(tmp_path):
         assert p.exists() and p.stat().st_size > 1000
         if p.suffix == ".png":
             assert p.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+        if p.suffix == ".pdf":
+            assert p.read_bytes()[:5] == b"%PDF-"
     # The crashed runs are included and reported, not dropped.
-    assert len(num.runs) == 18 and sum(r.status == "incomplete" for r in num.runs) == 2
+    assert len(num.runs) == 20 and sum(r.status == "incomplete" for r in num.runs) == 2
     md = (out / "summary.md").read_text()
     assert "incomplete" in md and "ragged runs" in md and "figures/curves_aggregate.png" in md
     assert "CleanRL PPO" in md  # the ALE breakout reference is listed with its source
+    assert "| btr | breakout | 1 (1 ok) | train |" in md and "(single seed, no CI)" in md
     doc = json.loads((out / "summary.json").read_text())
-    assert len(doc["runs"]) == 18 and doc["settings"]["last_episodes"] == 100
-    assert {a for a in doc["aggregates"]} == {"ppo", "rainbow", "random"}
+    assert len(doc["runs"]) == 20 and doc["settings"]["last_episodes"] == 100
+    assert {a for a in doc["aggregates"]} == {"ppo", "rainbow", "random", "btr"}
+    assert doc["aggregates"]["btr"]["iqm"]["lo"] is None  # single seed: CI absent, not zero-width
     # Ordering matches the synthetic skills on every aggregate.
     iqm = {lab: doc["aggregates"][lab]["iqm"]["point"] for lab in doc["aggregates"]}
-    assert iqm["ppo"] > iqm["rainbow"] > iqm["random"]
+    assert iqm["ppo"] > iqm["btr"] > iqm["rainbow"] > iqm["random"]
     pair = next(p for p in doc["probability_of_improvement"] if (p["x"], p["y"]) == ("ppo", "random"))
     assert pair["estimate"]["point"] == 1.0
-    # Reuse ratios 4 and 8 (random's 0 has no gradient samples) and horizons 64 and 3 were swept.
+    # Reuse ratios 2, 4 and 8 (random's 0 has no gradient samples) and horizons 64 and 3 were swept.
     xs = sorted(p["x"] for p in doc["sweeps"]["reuse"]["puffer_breakout"])
-    assert xs == [4.0, 8.0]
-    assert sorted(p["x"] for p in doc["sweeps"]["horizon"]["puffer_breakout"]) == [3.0, 64.0]
+    assert xs == [2.0, 4.0, 8.0]
+    assert sorted({p["x"] for p in doc["sweeps"]["horizon"]["puffer_breakout"]}) == [3.0, 64.0]
 
 
 def test_report_numbers_equal_direct_computation(tmp_path):
@@ -250,20 +275,24 @@ def test_report_numbers_equal_direct_computation(tmp_path):
 
 
 def test_single_seed_report_says_no_ci(tmp_path):
+    from plots.report import summary_md
+
     root = synthetic_set(tmp_path / "runs", seeds=(1,))
-    num, files = build_report([root], opts(tmp_path / "report"))
-    md = (tmp_path / "report" / "summary.md").read_text()
-    assert "single seed, no CI" in md
+    runs, skipped = load.load_runs([root])
+    num = compute(runs, skipped, opts(tmp_path / "report"))
+    md = summary_md(num, tmp_path / "report")
+    assert "| ppo | puffer_breakout | 1 (1 ok) | train | 179 (single seed, no CI) |" in md
     assert all(not e.has_ci for agg in num.aggregates.values() for e in agg.values())
-    assert {p.stem for p in files if p.suffix == ".png"} >= {"curves_puffer_breakout", "aggregate_intervals",
-                                                             "performance_profile", "compute"}  # fmt: skip
+    assert all(np.isnan(c.lo).all() for c in num.curves["puffer_breakout"]["frames"].values())
 
 
 def test_bench_report_cli(tmp_path, capsys):
     from bench.cli import main
 
-    root = synthetic_set(tmp_path / "runs", seeds=(1, 2))
-    assert main(["report", str(root), "--reps", "50", "--last-episodes", "30"]) == 0
+    root = synthetic_set(tmp_path / "runs", seeds=(1, 2), agents=("ppo", "random"))
+    assert main(["report", str(root), "--formats", "gif"]) == 2
+    assert "--formats" in capsys.readouterr().err
+    assert main(["report", str(root), "--reps", "50", "--last-episodes", "30", "--formats", "png"]) == 0
     out = capsys.readouterr().out
     assert "final score" in out and "summary.md" in out and "ppo" in out
     assert (root / "report" / "figures" / "compute.png").exists()
@@ -276,3 +305,38 @@ def test_bench_report_cli(tmp_path, capsys):
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "hardware" in err
     assert main(["report", str(tmp_path / "nowhere")]) == 2
+
+
+def test_sweep_groups_by_config_and_count_axes_go_log_when_runs_end_far_apart(tmp_path):
+    # Measured reuse varies a little between runs of one setting (warm-up, a budget ending
+    # mid-rollout): one point per (label, config), x = median, the range as an error bar.
+    write_run(tmp_path, "ppo", seed=1, reuse=0.96)
+    write_run(tmp_path, "ppo", seed=2, reuse=1.0)
+    write_run(tmp_path, "rainbow", seed=1, reuse=3.3)
+    write_run(tmp_path, "rainbow", seed=2, reuse=3.4)
+    # A time-budgeted random agent steps 100x further than the learners.
+    write_run(tmp_path, "random", seed=1, steps_per_row=100_000)
+    runs, skipped = load.load_runs([tmp_path])
+    num = compute(runs, skipped, opts(tmp_path / "r"))
+    pts = {p.label: p for p in num.sweeps["reuse"]["puffer_breakout"]}
+    assert set(pts) == {"ppo", "rainbow"}  # random has no gradient samples
+    assert (pts["ppo"].x, pts["ppo"].x_lo, pts["ppo"].x_hi, pts["ppo"].n) == (
+        pytest.approx(0.98),
+        0.96,
+        1.0,
+        2,
+    )
+    assert num.curve_log["puffer_breakout"] == {"wall": False, "frames": True, "grad": False}
+    grid = num.curves["puffer_breakout"]["frames"]["ppo"].grid
+    assert grid[0] == 4000 and grid[-1] == 40 * 100_000 * 4  # from the first logged row to the furthest end
+    np.testing.assert_allclose(np.diff(np.log(grid)), np.log(grid[1] / grid[0]))  # log-spaced
+
+
+def test_number_formatting():
+    from plots.report import fmt, fmt_est
+
+    cases = {0.00098: "0.00098", 6.56: "6.56", 1626.0: "1,626", 65123.0: "65.1k", 999_999.0: "1M",
+             1.32e6: "1.32M", 2.94e11: "294G", 3e18: "3E", -65123.0: "-65.1k", math.nan: "n/a"}  # fmt: skip
+    assert {v: fmt(v) for v in cases} == cases
+    assert fmt_est(stats.Estimate(2.0, 1.0, 3.0), 3) == "2 [1, 3]"
+    assert fmt_est(stats.Estimate(2.0, math.nan, math.nan), 1) == "2 (single seed, no CI)"

@@ -48,7 +48,9 @@ def test_iqm_estimate_equals_rliable_and_is_reproducible_and_restores_global_rng
     e2 = stats.iqm_estimate(scores, reps=REPS, seed=5)
     assert e1 == e2
     np.random.seed(5)
-    point, ci = rly.get_interval_estimates({"a": scores}, lambda x: np.array([metrics.aggregate_iqm(x)]), reps=REPS)
+    point, ci = rly.get_interval_estimates(
+        {"a": scores}, lambda x: np.array([metrics.aggregate_iqm(x)]), reps=REPS
+    )
     # IQM of 5 values cuts int(1.25) = 1 from each end: mean(2, 3, 4) = 3.
     assert e1.point == pytest.approx(3.0) == pytest.approx(point["a"][0])
     assert (e1.lo, e1.hi) == pytest.approx((ci["a"][0, 0], ci["a"][1, 0]))
@@ -158,7 +160,10 @@ def test_curve_ci_equals_rliable_on_full_arrays():
     curve = stats.curve_iqm(vals, np.arange(7.0), reps=REPS, seed=3)
     np.random.seed(3)
     point, ci = rly.get_interval_estimates(
-        {"a": vals}, lambda s: np.array([metrics.aggregate_iqm(s[..., t]) for t in range(s.shape[-1])]), reps=REPS)
+        {"a": vals},
+        lambda s: np.array([metrics.aggregate_iqm(s[..., t]) for t in range(s.shape[-1])]),
+        reps=REPS,
+    )
     np.testing.assert_allclose(curve.iqm, point["a"])
     np.testing.assert_allclose(curve.lo, ci["a"][0])
     np.testing.assert_allclose(curve.hi, ci["a"][1])

@@ -1,0 +1,865 @@
+"""``bench report``: run folders -> ``figures/``, ``summary.md``, ``summary.json``, ``runs.csv``.
+
+:func:`compute` turns loaded runs into a :class:`Numbers` record (no matplotlib), :func:`draw`
+turns that into figures, :func:`summary_md` / :func:`summary_json` into the tables. Definitions
+the report states in its header:
+
+* a run's **final score** is the mean return of its last N training episodes (N = 100 unless
+  ``--last-episodes`` says otherwise), or its last evaluation score when every run of that game
+  has one (``--score auto``; ``train`` / ``eval`` force one source);
+* learning curves show the same last-N-episode training mean after every metric row, resampled
+  step-wise onto a grid shared by all runs of a game (and, normalised, across games), never
+  beyond a run's last row;
+* aggregates are over runs (seeds), with 95% stratified-bootstrap CIs from rliable (``--reps``
+  draws, ``--seed``); with a single seed the CI is absent and the tables say so;
+* runs with different protocols (within a game) or hardware are not pooled: the report refuses
+  unless ``--allow-mixed``, and then marks every table.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+from collections import defaultdict
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from bench.errors import UserError
+from plots import stats
+from plots.load import Run, load_runs, tidy
+from plots.normalize import normalizer
+from plots.references import REFERENCES, Reference, references_for
+from plots.stats import AGGREGATE_NAMES, AGGREGATES, Curve, Estimate
+
+AXES = {  # key: (metric column, panel title, x label, tick kind)
+    "wall": ("wall_s", "vs training wall clock", "training wall clock", "time"),
+    "frames": ("frames", "vs env frames", "env frames (env steps x frameskip)", "count"),
+    "grad": ("grad_samples", "vs gradient samples", "gradient samples (transitions x uses)", "count"),
+}
+
+
+@dataclass
+class Options:
+    out: Path
+    reps: int = 2000  # bootstrap draws per interval
+    seed: int = 0  # seeds NumPy's global RNG for every bootstrap
+    last_episodes: int = 100  # N in "mean return over the last N episodes"
+    allow_mixed: bool = False  # pool runs of different protocols / hardware (and say so)
+    score: str = "auto"  # "auto" | "train" | "eval"
+    grid_points: int = 200  # points of the common grids
+    formats: tuple[str, ...] = ("png", "pdf")  # figure files written
+    command: str | None = None
+
+
+@dataclass
+class RunScore:
+    final: float  # raw final score (NaN: no finished episode / no evaluation)
+    source: str  # "train" | "eval"
+    episodes: int  # episodes behind it
+    normalized: float  # NaN when the game has no normaliser
+
+
+@dataclass
+class GroupRow:
+    """One (label, game) cell of the summary tables."""
+
+    label: str
+    game: str
+    runs: list[Run]
+    scored: int  # runs with a final score
+    final: Estimate  # IQM of raw final scores over runs
+    normalized: Estimate
+    source: str
+    sps: float
+    reuse_ratio: float
+    wall_s: float
+    env_steps: float
+    frames: float
+    grad_samples: float
+    train_flops: float
+    horizon: float | None
+    phase_s: dict[str, float]
+
+
+@dataclass
+class Numbers:
+    opts: Options
+    runs: list[Run]
+    skipped: list[tuple[Path, str]]
+    scores: dict[Path, RunScore]
+    labels: list[str]
+    games: list[str]
+    rows: list[GroupRow]
+    mixed: list[str]  # why the runs are not poolable (empty: they are)
+    notes: list[str]
+    agg_games: list[str]  # games in the cross-game aggregates (normalisable, run by every label)
+    aggregates: dict[str, dict[str, Estimate]]
+    profiles: dict[str, Curve]
+    poi: list[tuple[str, str, Estimate]]
+    curves: dict[str, dict[str, dict[str, Curve]]]  # game -> axis -> label -> curve
+    curve_runs: dict[str, dict[str, int]]  # game -> label -> runs with a curve
+    curve_missing: dict[str, dict[str, dict[str, str]]]  # game -> axis -> label -> why absent
+    curve_log: dict[str, dict[str, bool]]  # game -> axis -> log-spaced grid
+    agg_curves: dict[str, dict[str, Curve]]  # axis -> label -> normalised curve
+    agg_log: dict[str, bool]  # axis -> log-spaced grid
+    sweeps: dict[str, dict[str, list]]  # "reuse" | "horizon" -> panel title -> [SweepPoint]
+    sweep_skipped: dict[str, str]
+    figures: list[Path] = field(default_factory=list)
+    figures_skipped: dict[str, str] = field(default_factory=dict)
+
+
+# Numbers -----------------------------------------------------------------------------------
+
+
+def final_score(run: Run, n: int, source: str) -> RunScore:
+    norm = normalizer(run.game, run.family)
+    if source == "eval":
+        ev = run.evals.get("eval_return_mean", np.zeros(0))
+        k = run.evals.get("eval_episodes", np.zeros(0))
+        ok = np.isfinite(ev)
+        if ok.any():
+            i = np.flatnonzero(ok)[-1]
+            v = float(ev[i])
+            eps = int(k[i]) if len(k) and math.isfinite(k[i]) else 0
+            return RunScore(v, "eval", eps, float(norm(v)) if norm else math.nan)
+        return RunScore(math.nan, "eval", 0, math.nan)
+    m = run.metrics
+    v, eps = stats.final_window(m.get("episodes", np.zeros(0)), m.get("episode_return", np.zeros(0)), n)
+    return RunScore(v, "train", eps, float(norm(v)) if norm and math.isfinite(v) else math.nan)
+
+
+def has_eval(run: Run) -> bool:
+    return bool(np.isfinite(run.evals.get("eval_return_mean", np.zeros(0))).any())
+
+
+def mixing(runs: list[Run]) -> list[str]:
+    """Reasons the runs cannot be pooled: several protocols within a game, several hardware
+    fingerprints. Empty when they can."""
+    out = []
+    by_game: dict[str, dict[str, list[Run]]] = defaultdict(lambda: defaultdict(list))
+    for r in runs:
+        by_game[r.game][r.protocol_id].append(r)
+    for game, ids in sorted(by_game.items()):
+        if len(ids) > 1:
+            variants = list(ids.values())
+            keys = sorted({k for v in variants for k in v[0].protocol} | {"frameskip"})
+            differ = [k for k in keys if len({json.dumps(v[0].protocol.get(k), sort_keys=True, default=str)
+                                               for v in variants}) > 1]  # fmt: skip
+            desc = "; ".join(f"{v[0].protocol_name}#{v[0].protocol_id} ({len(v)} runs, e.g. {v[0].path})"
+                             for v in variants)  # fmt: skip
+            out.append(
+                f"{game} has {len(ids)} protocols (differ in {', '.join(differ) or 'env card'}): {desc}"
+            )
+    hw: dict[str, list[Run]] = defaultdict(list)
+    for r in runs:
+        hw[r.hardware].append(r)
+    if len(hw) > 1:
+        desc = "; ".join(f"'{k}' ({len(v)} runs, e.g. {v[0].path})" for k, v in sorted(hw.items()))
+        out.append(f"{len(hw)} hardware fingerprints: {desc}")
+    return out
+
+
+def _mean(v: list[float]) -> float:
+    f = [x for x in v if x is not None and math.isfinite(x)]
+    return float(np.mean(f)) if f else math.nan
+
+
+def _sig(v: float, digits: int = 2) -> float:
+    if v == 0 or not math.isfinite(v):
+        return v
+    return round(v, -math.floor(math.log10(abs(v))) + digits - 1)
+
+
+def compute(runs: list[Run], skipped: list[tuple[Path, str]], opts: Options) -> Numbers:
+    """Every number of the report; no drawing."""
+    if not runs:
+        raise UserError("no run folders found (a run folder holds config.json)")
+    if opts.reps < 1:
+        raise UserError(f"--reps {opts.reps} must be >= 1")
+    if opts.last_episodes < 1:
+        raise UserError(f"--last-episodes {opts.last_episodes} must be >= 1")
+    mixed = mixing(runs)
+    if mixed and not opts.allow_mixed:
+        raise UserError(
+            "runs with different protocols or hardware are not pooled: "
+            + " | ".join(mixed)
+            + " -- report them separately, or pass --allow-mixed to pool them anyway (marked MIXED)"
+        )
+    notes: list[str] = []
+    labels = sorted({r.label for r in runs})
+    games = sorted({r.game for r in runs})
+
+    # Final scores: one source per game, so a game's runs are always compared like for like.
+    scores: dict[Path, RunScore] = {}
+    source_of: dict[str, str] = {}
+    for g in games:
+        rs = [r for r in runs if r.game == g]
+        if opts.score == "auto":
+            src = "eval" if all(has_eval(r) for r in rs) else "train"
+            if src == "train" and any(has_eval(r) for r in rs):
+                notes.append(
+                    f"{g}: only some runs have evaluation rows, so training returns are used for all"
+                )
+        else:
+            src = opts.score
+        source_of[g] = src
+        for r in rs:
+            scores[r.path] = final_score(r, opts.last_episodes, src)
+    unscored = [r for r in runs if not math.isfinite(scores[r.path].final)]
+    for r in unscored:
+        why = "no finished episode" if scores[r.path].source == "train" else "no evaluation score"
+        notes.append(f"{r.path}: {why}, so no final score (still counted in compute tables)")
+
+    # Per (label, game) rows.
+    rows: list[GroupRow] = []
+    for g in games:
+        for lab in labels:
+            rs = [r for r in runs if r.game == g and r.label == lab]
+            if not rs:
+                continue
+            fin = [scores[r.path].final for r in rs if math.isfinite(scores[r.path].final)]
+            nrm = [scores[r.path].normalized for r in rs if math.isfinite(scores[r.path].normalized)]
+            seed = opts.seed
+            final = stats.iqm_estimate(np.array(fin).reshape(-1, 1), opts.reps, seed) if fin else _nan_est()
+            normd = stats.iqm_estimate(np.array(nrm).reshape(-1, 1), opts.reps, seed) if nrm else _nan_est()
+            horizons = {r.horizon for r in rs}
+            rows.append(GroupRow(
+                label=lab, game=g, runs=rs, scored=len(fin), final=final, normalized=normd, source=source_of[g],
+                sps=_mean([r.sps for r in rs]), reuse_ratio=_mean([r.total("reuse_ratio") for r in rs]),
+                wall_s=_mean([r.total("wall_s") for r in rs]), env_steps=_mean([r.total("env_steps") for r in rs]),
+                frames=_mean([r.total("frames") for r in rs]),
+                grad_samples=_mean([r.total("grad_samples") for r in rs]),
+                train_flops=_mean([r.train_flops for r in rs]),
+                horizon=horizons.pop() if len(horizons) == 1 else None,
+                phase_s={p: _mean([r.phase_s[p] for r in rs]) for p in ("env", "act", "learn", "eval")},
+            ))  # fmt: skip
+            configs = {json.dumps(r.agent_config, sort_keys=True) for r in rs}
+            if len(configs) > 1:
+                cfgs = [r.agent_config for r in rs]
+                differ = sorted({k for c in cfgs for k in c if len({json.dumps(x.get(k)) for x in cfgs}) > 1})
+                notes.append(f"{lab} on {g} pools {len(configs)} different agent configs (differ in "
+                             f"{', '.join(differ)}); give runs a --label to tell them apart")  # fmt: skip
+            steps = [r.total("env_steps") for r in rs]
+            if len(rs) > 1 and max(steps) > 1.01 * min(steps):
+                notes.append(f"{lab} on {g}: ragged runs, {min(steps):,.0f} to {max(steps):,.0f} env steps "
+                             "(curves are dotted where some runs have ended)")  # fmt: skip
+
+    # Cross-game aggregates over normalised final scores.
+    norm_games = [g for g in games if normalizer(g, _family(runs, g)) is not None]
+    agg_games = [g for g in norm_games if all(any(r.label == lab and r.game == g and
+                 math.isfinite(scores[r.path].normalized) for r in runs) for lab in labels)]  # fmt: skip
+    for g in games:
+        if g not in norm_games:
+            notes.append(f"{g}: no human or min-max reference, so raw scores only (not in the aggregates)")
+        elif g not in agg_games:
+            notes.append(f"{g}: not scored by every agent, so left out of the cross-game aggregates")
+    matrices = {lab: _norm_matrix(runs, scores, lab, agg_games) for lab in labels} if agg_games else {}
+    aggregates = {lab: stats.aggregate_estimates(m, opts.reps, opts.seed) for lab, m in matrices.items()}
+    profiles: dict[str, Curve] = {}
+    if matrices:
+        allv = np.concatenate([m[np.isfinite(m)] for m in matrices.values()])
+        top = float(np.max(allv)) * 1.05 if allv.size and np.max(allv) > 0 else 1.0
+        bottom = min(0.0, float(np.min(allv))) if allv.size else 0.0
+        taus = np.linspace(bottom, top, 81)
+        profiles = {
+            lab: stats.performance_profile(m, taus, opts.reps, opts.seed) for lab, m in matrices.items()
+        }
+    poi = []
+    for i, x in enumerate(labels):
+        for y in labels[i + 1 :]:
+            if x in matrices and y in matrices:
+                poi.append(
+                    (x, y, stats.probability_of_improvement(matrices[x], matrices[y], opts.reps, opts.seed))
+                )
+
+    curves, curve_runs, curve_missing, curve_log = _game_curves(runs, games, labels, opts)
+    agg_curves, agg_log = _aggregate_curves(runs, agg_games, labels, opts) if agg_games else ({}, {})
+    sweeps, sweep_skipped = _sweeps(runs, scores, games, labels, agg_games, opts)
+    return Numbers(opts=opts, runs=runs, skipped=skipped, scores=scores, labels=labels, games=games, rows=rows,
+                   mixed=mixed, notes=notes, agg_games=agg_games, aggregates=aggregates, profiles=profiles, poi=poi,
+                   curves=curves, curve_runs=curve_runs, curve_missing=curve_missing, curve_log=curve_log,
+                   agg_curves=agg_curves, agg_log=agg_log,
+                   sweeps=sweeps, sweep_skipped=sweep_skipped)  # fmt: skip
+
+
+def _nan_est() -> Estimate:
+    return Estimate(math.nan, math.nan, math.nan)
+
+
+def _family(runs: list[Run], game: str) -> str:
+    return next(r.family for r in runs if r.game == game)
+
+
+def _norm_matrix(runs, scores, label: str, games: list[str]) -> np.ndarray:
+    cols = [[scores[r.path].normalized for r in runs if r.label == label and r.game == g
+             and math.isfinite(scores[r.path].normalized)] for g in games]  # fmt: skip
+    return stats.pad_runs(cols)
+
+
+def run_curve(run: Run, n: int) -> np.ndarray:
+    """The run's score after every metric row: mean return of its last ``n`` episodes. [rows]"""
+    m = run.metrics
+    if not len(m.get("env_steps", ())):
+        return np.zeros(0)
+    return stats.episode_window_mean(m.get("episodes", np.full(len(m["env_steps"]), np.nan)),
+                                     m.get("episode_return", np.full(len(m["env_steps"]), np.nan)), n)  # fmt: skip
+
+
+def _resampled(run: Run, axis: str, grid: np.ndarray, n: int, normalize: bool) -> np.ndarray | None:
+    col = AXES[axis][0]
+    x = run.metrics.get(col)
+    if x is None or not len(x) or not np.isfinite(x).all():
+        return None
+    y = run_curve(run, n)
+    if normalize:
+        norm = normalizer(run.game, run.family)
+        y = norm(y) if norm else np.full_like(y, np.nan)
+    return stats.step_resample(x, y, grid)
+
+
+def _why_absent(run: Run, axis: str) -> str | None:
+    col = AXES[axis][0]
+    x = run.metrics.get(col)
+    if x is None or not len(x):
+        return "no metric rows"
+    if axis == "grad" and not (x[-1] > 0):
+        return "no gradient samples"
+    return None
+
+
+LOG_SPAN = 20.0  # a count axis whose runs end more than this factor apart is drawn on a log scale
+
+
+def _grid(runs: list[Run], axis: str, n: int) -> tuple[np.ndarray, bool] | None:
+    """The common grid of ``runs`` on ``axis`` and whether it is logarithmic: linear from 0 to
+    the furthest run's end, unless the runs' ends on a count axis span more than LOG_SPAN (a
+    time-budgeted random agent steps 100x more than a learner), then log-spaced from the first
+    logged value so that every run gets points."""
+    col, _, _, kind = AXES[axis]
+    xs = [r.metrics[col] for r in runs if _why_absent(r, axis) is None]
+    if not xs:
+        return None
+    ends = [float(x[-1]) for x in xs]
+    firsts = [float(x[x > 0][0]) for x in xs if (x > 0).any()]
+    if kind == "count" and firsts and min(ends) > 0 and max(ends) / min(ends) > LOG_SPAN:
+        return np.geomspace(min(firsts), max(ends), n), True
+    return np.linspace(0.0, max(ends), n), False
+
+
+def _game_curves(runs, games, labels, opts):
+    curves: dict[str, dict[str, dict[str, Curve]]] = {}
+    counts: dict[str, dict[str, int]] = {}
+    missing: dict[str, dict[str, dict[str, str]]] = {}
+    log: dict[str, dict[str, bool]] = {}
+    for g in games:
+        rs_g = [r for r in runs if r.game == g]
+        curves[g], missing[g], counts[g], log[g] = {}, {}, {}, {}
+        for axis in AXES:
+            curves[g][axis], missing[g][axis] = {}, {}
+            gl = _grid(rs_g, axis, opts.grid_points)
+            if gl is None:
+                continue
+            grid, log[g][axis] = gl
+            for lab in labels:
+                rs = [r for r in rs_g if r.label == lab]
+                if not rs:
+                    continue
+                why = {_why_absent(r, axis) for r in rs}
+                vals = [v for r in rs if _why_absent(r, axis) is None
+                        and (v := _resampled(r, axis, grid, opts.last_episodes, False)) is not None]  # fmt: skip
+                if not vals:
+                    missing[g][axis][lab] = next(w for w in why if w)
+                    continue
+                arr = np.stack(vals)[:, None, :]  # [runs, 1, G]
+                curves[g][axis][lab] = stats.curve_iqm(arr, grid, opts.reps, opts.seed)
+                counts[g][lab] = max(counts[g].get(lab, 0), len(vals))
+    return curves, counts, missing, log
+
+
+def _aggregate_curves(runs, games, labels, opts) -> tuple[dict[str, dict[str, Curve]], dict[str, bool]]:
+    out: dict[str, dict[str, Curve]] = {}
+    log: dict[str, bool] = {}
+    rs_all = [r for r in runs if r.game in games]
+    for axis in AXES:
+        out[axis] = {}
+        gl = _grid(rs_all, axis, opts.grid_points)
+        if gl is None:
+            continue
+        grid, log[axis] = gl
+        for lab in labels:
+            per_game = []
+            for g in games:
+                per_game.append(
+                    [
+                        v
+                        for r in rs_all
+                        if r.label == lab
+                        and r.game == g
+                        and _why_absent(r, axis) is None
+                        and (v := _resampled(r, axis, grid, opts.last_episodes, True)) is not None
+                    ]
+                )
+            if not any(per_game):
+                continue
+            k = max(len(v) for v in per_game)
+            arr = np.full((k, len(games), len(grid)), np.nan)  # [runs, games, G], NaN-padded
+            for j, vs in enumerate(per_game):
+                for i, v in enumerate(vs):
+                    arr[i, j] = v
+            out[axis][lab] = stats.curve_iqm(arr, grid, opts.reps, opts.seed)
+    return out, log
+
+
+def _sweeps(runs, scores, games, labels, agg_games, opts):
+    """Final score against sample-reuse ratio and against bootstrap horizon, per game (raw) and
+    across games (normalised).
+
+    A point is one (label, agent config) group: the runs of one sweep setting. Its x is the
+    group's median value (the measured reuse ratio varies a little between runs of one setting:
+    warm-up before learning starts, a budget ending mid-rollout), with the min-max range as a
+    horizontal error bar. Runs without gradient samples (random) or without a horizon field
+    are left out of the respective figure."""
+    from plots.figures import SweepPoint
+
+    def value(r: Run, kind: str) -> float | None:
+        if kind == "reuse":
+            v = r.total("reuse_ratio")
+            return v if math.isfinite(v) and v > 0 else None
+        return r.horizon
+
+    def points(members: list[Run], kind: str, matrix) -> list:
+        groups: dict[tuple[str, str], list[Run]] = defaultdict(list)
+        for r in members:
+            groups[(r.label, json.dumps(r.agent_config, sort_keys=True))].append(r)
+        pts = []
+        for (lab, _), rs in sorted(groups.items()):
+            xs = [value(r, kind) for r in rs]
+            est = stats.iqm_estimate(matrix(rs), opts.reps, opts.seed)
+            pts.append(SweepPoint(lab, float(np.median(xs)), min(xs), max(xs), est, len(rs)))
+        return pts
+
+    out: dict[str, dict[str, list]] = {}
+    skipped: dict[str, str] = {}
+    for kind in ("reuse", "horizon"):
+        usable = [r for r in runs if value(r, kind) is not None and math.isfinite(scores[r.path].final)]
+        panels: dict[str, list] = {}
+        for g in games:
+            members = [r for r in usable if r.game == g]
+            if members:
+                panels[g] = points(
+                    members, kind, lambda rs: np.array([scores[r.path].final for r in rs])[:, None]
+                )
+        if len(agg_games) > 1:
+            members = [r for r in usable if r.game in agg_games and math.isfinite(scores[r.path].normalized)]
+            if members:
+                panels["all games (normalised)"] = points(members, kind, lambda rs: stats.pad_runs(
+                    [[scores[r.path].normalized for r in rs if r.game == g] for g in agg_games]))  # fmt: skip
+        distinct = {_sig(p.x, 2) for pts in panels.values() for p in pts}
+        if len(distinct) < 2:
+            what = "sample-reuse ratio" if kind == "reuse" else "bootstrap horizon"
+            skipped[kind] = f"the runs span {len(distinct)} value(s) of the {what}; needs at least 2"
+            continue
+        out[kind] = panels
+    return out, skipped
+
+
+# Figures -----------------------------------------------------------------------------------
+
+
+def _slug(s: str) -> str:
+    return re.sub(r"[^A-Za-z0-9._-]+", "_", s).strip("_")
+
+
+def draw(num: Numbers, fig_dir: Path) -> list[Path]:
+    """Every figure the numbers support, as PNG + PDF under ``fig_dir``."""
+    from plots import figures as F
+
+    colors = F.colors_for(num.labels)
+    formats = num.opts.formats
+    written: list[Path] = []
+    n = num.opts.last_episodes
+    mark = " [MIXED protocols/hardware]" if num.mixed else ""
+    with F.paper_style():
+        for g in num.games:
+            panels = [F.CurvePanel(title=t, xlabel=xl, kind=k, curves=num.curves[g][a],
+                                   n_runs={lab: num.curve_runs[g].get(lab, 0) for lab in num.curves[g][a]},
+                                   missing=num.curve_missing[g][a], log=num.curve_log[g].get(a, False))
+                      for a, (_, t, xl, k) in AXES.items()]  # fmt: skip
+            fig = F.curves_figure(panels, colors, f"return (last-{n}-episode mean)",
+                                  f"{g}: IQM over seeds, 95% CI{mark}", references_for(g))  # fmt: skip
+            written += F.save(fig, fig_dir / f"curves_{_slug(g)}", formats)
+        if num.agg_curves:
+            panels = []
+            for a, (_, t, xl, k) in AXES.items():
+                cur = num.agg_curves.get(a, {})
+                nfull = {lab: _runs_in(num, lab, num.agg_games) for lab in cur}
+                miss = {lab: "no gradient samples" for lab in num.labels if lab not in cur}
+                panels.append(F.CurvePanel(t, xl, k, cur, nfull, miss, log=num.agg_log.get(a, False)))
+            fig = F.curves_figure(
+                panels,
+                colors,
+                "normalised score (IQM)",
+                f"all games ({', '.join(num.agg_games)}): IQM of normalised scores, 95% CI{mark}",
+            )
+            written += F.save(fig, fig_dir / "curves_aggregate", formats)
+        else:
+            num.figures_skipped["curves_aggregate"] = "no game with a human or min-max reference"
+
+        sweep_axes = {"reuse": ("sample-reuse ratio", "reuse ratio (grad samples / env step)"),
+                      "horizon": ("bootstrap horizon", "bootstrap horizon (env steps)")}  # fmt: skip
+        for kind, (what, xlabel) in sweep_axes.items():
+            name = f"final_vs_{kind}"
+            if kind not in num.sweeps:
+                num.figures_skipped[name] = num.sweep_skipped[kind]
+                continue
+            panels = num.sweeps[kind]
+            fig, axes = F.new_figure(len(panels))
+            for ax, (title, pts) in zip(axes[0], panels.items(), strict=True):
+                F.draw_sweep(ax, pts, colors, log_x=True)
+                ax.set_title(title)
+                ax.set_xlabel(xlabel)
+                F.draw_references(
+                    ax, references_for(title), max(p.y.hi if p.y.has_ci else p.y.point for p in pts)
+                )
+            axes[0][0].set_ylabel("final score (IQM)")
+            if len(panels) > 1 and "normalised" in list(panels)[-1]:
+                axes[0][-1].set_ylabel("normalised final score (IQM)")
+            F.shared_legend(fig, axes[0])
+            src = ", ".join(sorted({_source_text(num, g) for g in num.games}))
+            extra = "; PPO: rollout segment length, Rainbow/BTR: n-step return" if kind == "horizon" else ""
+            fig.suptitle(f"final score vs {what}{mark}\neach point: IQM over the runs of one (agent, config), "
+                         f"95% CI; final score = {src}" + (f"\n{extra.lstrip('; ')}" if extra else ""),
+                         y=1.04 + 0.04 * bool(extra))  # fmt: skip
+            fig.tight_layout()
+            written += F.save(fig, fig_dir / name, formats)
+
+        if num.aggregates:
+            foot = (f"normalised final scores over {', '.join(num.agg_games)}; bars: 95% stratified-bootstrap CI "
+                    f"({num.opts.reps} draws); no bar: single seed, CI absent{mark}")  # fmt: skip
+            fig = F.interval_figure(num.aggregates, colors, "normalised score", foot)
+            written += F.save(fig, fig_dir / "aggregate_intervals", formats)
+            fig, axes = F.new_figure(1, panel_w=4.2, panel_h=3.0)
+            F.draw_profile(axes[0][0], num.profiles, colors, {lab: _runs_in(num, lab, num.agg_games)
+                                                               for lab in num.profiles})  # fmt: skip
+            axes[0][0].set_xlabel(r"normalised score $\tau$")
+            axes[0][0].set_title(f"performance profile ({', '.join(num.agg_games)}){mark}")
+            axes[0][0].legend(loc="upper left", bbox_to_anchor=(1.02, 1.0))
+            fig.tight_layout()
+            written += F.save(fig, fig_dir / "performance_profile", formats)
+        else:
+            for name in ("aggregate_intervals", "performance_profile"):
+                num.figures_skipped[name] = "no game with a human or min-max reference run by every agent"
+        if num.poi:
+            fig, axes = F.new_figure(1, panel_w=4.2, panel_h=0.45 * len(num.poi) + 1.1)
+            F.draw_poi(axes[0][0], num.poi, colors)
+            axes[0][0].set_title(f"probability of improvement ({', '.join(num.agg_games)}){mark}")
+            fig.tight_layout()
+            written += F.save(fig, fig_dir / "probability_of_improvement", formats)
+        else:
+            num.figures_skipped["probability_of_improvement"] = "needs two agents with normalised scores"
+
+        order = num.labels
+        per_label = {lab: [r for r in num.runs if r.label == lab] for lab in order}
+        fig, axes = F.new_figure(3, panel_w=3.0, panel_h=0.45 * len(order) + 1.3)
+        phases = {lab: {p: _mean([r.phase_s[p] for r in rs]) for p in ("env", "act", "learn", "eval")}
+                  for lab, rs in per_label.items()}  # fmt: skip
+        F.draw_phases(axes[0][0], phases, order, colors)
+        F.draw_per_run_bars(axes[0][1], {lab: [r.sps for r in rs] for lab, rs in per_label.items()}, order, colors,
+                            "training throughput", "env steps per second (SPS)", log=True)  # fmt: skip
+        F.draw_per_run_bars(axes[0][2], {lab: [r.train_flops for r in rs] for lab, rs in per_label.items()}, order,
+                            colors, "training compute", "training FLOPs (estimate)", log=True)  # fmt: skip
+        fig.suptitle(f"compute per agent (all games, mean over runs; dots: runs){mark}", y=1.02)
+        fig.tight_layout()
+        written += F.save(fig, fig_dir / "compute", formats)
+    return written
+
+
+def _runs_in(num: Numbers, label: str, games: list[str]) -> int:
+    """Seeds behind a label's normalised numbers (the largest count over the games)."""
+    return max((sum(1 for r in num.runs if r.label == label and r.game == g
+                    and math.isfinite(num.scores[r.path].normalized)) for g in games), default=0)  # fmt: skip
+
+
+def _source_text(num: Numbers, game: str) -> str:
+    rows = [r for r in num.rows if r.game == game]
+    if rows and rows[0].source == "eval":
+        return "last evaluation"
+    return f"mean of last {num.opts.last_episodes} training episodes"
+
+
+# Tables ------------------------------------------------------------------------------------
+
+
+def fmt(v: float | None, digits: int = 3) -> str:
+    if v is None or not math.isfinite(v):
+        return "n/a"
+    if abs(v) < 1e4:
+        return f"{v:,.0f}" if abs(v) >= 10**digits else f"{v:.{digits}g}"
+    r = float(f"{v:.{digits}g}")  # round first, so 999,999 becomes 1M rather than 1e+03k
+    for unit, div in (("E", 1e18), ("P", 1e15), ("T", 1e12), ("G", 1e9), ("M", 1e6), ("k", 1e3)):
+        if abs(r) >= div:
+            return f"{r / div:.{digits}g}{unit}"
+    return f"{r:.{digits}g}"
+
+
+def fmt_est(e: Estimate, n_runs: int) -> str:
+    if not math.isfinite(e.point):
+        return "n/a"
+    if not e.has_ci:
+        return f"{fmt(e.point)} (single seed, no CI)" if n_runs < 2 else f"{fmt(e.point)} (no CI)"
+    return f"{fmt(e.point)} [{fmt(e.lo)}, {fmt(e.hi)}]"
+
+
+def _md_table(header: list[str], rows: list[list[str]]) -> list[str]:
+    out = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
+    out += ["| " + " | ".join(c.replace("|", "/") for c in row) + " |" for row in rows]
+    return out + [""]
+
+
+def summary_md(num: Numbers, out: Path) -> str:
+    o = num.opts
+    n_ok = sum(r.status == "ok" for r in num.runs)
+    L = ["# onoff-bench report", ""]
+    if num.mixed:
+        L += ["> **MIXED**: pooled with `--allow-mixed` although the runs are not comparable:", ">"]
+        L += [f"> - {m}" for m in num.mixed] + [""]
+    n_failed = sum(r.status == "failed" for r in num.runs)
+    n_incomplete = sum(r.status == "incomplete" for r in num.runs)
+    L += [(f"{len(num.runs)} runs ({n_ok} finished, {n_failed} failed, {n_incomplete} incomplete), "
+           f"{len(num.labels)} agents, {len(num.games)} games."), ""]  # fmt: skip
+    if o.command:
+        L += [f"Command: `{o.command}`", ""]
+    definitions = (
+        "**Definitions.** "
+        f"Final score: mean return of the last {o.last_episodes} training episodes of a run (full games, raw "
+        "rewards), or its last evaluation score where every run of the game was evaluated (score source: "
+        f"`{o.score}`). Aggregates are interquartile means (IQM) over runs with 95% percentile stratified-bootstrap "
+        f"confidence intervals (rliable; {o.reps} draws, seed {o.seed}); a single seed has no CI and the tables "
+        "say so. Normalised scores: human-normalised for Atari-57 games, min-max against a stated reference "
+        "otherwise (see below). Learning curves: the same last-episodes mean after every metric row, resampled "
+        "step-wise onto a common grid, never beyond a run's end."
+    )
+    L += [definitions, ""]
+
+    L += ["## Final score per agent and game", ""]
+    body = []
+    for row in num.rows:
+        statuses = _status_counts(row.runs)
+        body.append([row.label, row.game, f"{len(row.runs)} ({statuses})", row.source,
+                     fmt_est(row.final, row.scored), fmt_est(row.normalized, row.scored)])  # fmt: skip
+    L += _md_table(
+        ["agent", "game", "runs", "score", "final score IQM [95% CI]", "normalised IQM [95% CI]"], body
+    )
+
+    if num.aggregates:
+        L += [f"## Aggregate over games ({', '.join(num.agg_games)}), normalised", ""]
+        body = [[lab] + [fmt_est(num.aggregates[lab][k], _runs_in(num, lab, num.agg_games)) for k in AGGREGATES]
+                for lab in sorted(num.aggregates)]  # fmt: skip
+        L += _md_table(["agent"] + [AGGREGATE_NAMES[k] + " [95% CI]" for k in AGGREGATES], body)
+        L += ["Optimality gap: how far below a normalised score of 1 the runs fall on average (lower is better).",
+              ""]  # fmt: skip
+    if num.poi:
+        L += ["## Probability of improvement", ""]
+        body = [[f"P({x} > {y})", fmt_est(e, 2 if e.has_ci else 1)] for x, y, e in num.poi]
+        L += _md_table(["pair", "estimate [95% CI]"], body)
+
+    L += ["## Compute", ""]
+    body = []
+    for row in num.rows:
+        ph = row.phase_s
+        body.append([row.label, row.game, fmt(row.env_steps), fmt(row.frames), fmt(row.wall_s), fmt(row.sps),
+                     fmt(row.grad_samples), fmt(row.reuse_ratio), fmt(row.train_flops),
+                     " / ".join(fmt(ph[p]) for p in ("env", "act", "learn", "eval")),
+                     "n/a" if row.horizon is None else fmt(row.horizon)])  # fmt: skip
+    L += _md_table(["agent", "game", "env steps", "frames", "wall clock s", "SPS", "grad samples", "reuse ratio",
+                    "train FLOPs", "s env / act / learn / eval", "bootstrap horizon"], body)  # fmt: skip
+    L += [("Means over runs. Wall clock is training time (evaluation excluded); SPS = env steps / wall clock; "
+           "reuse ratio = gradient samples / env steps; FLOPs are the meter's per-sample estimates times the "
+           "samples taken."), ""]  # fmt: skip
+
+    L += ["## Protocol and hardware", ""]
+    body = []
+    seen = set()
+    for r in num.runs:
+        key = (r.game, r.protocol_id, r.hardware)
+        if key in seen:
+            continue
+        seen.add(key)
+        p = r.protocol
+        card = ", ".join(f"{k}={p[k]}" for k in ("sticky_actions", "life_loss", "episode_cap", "action_set")
+                         if k in p)  # fmt: skip
+        n = sum(1 for x in num.runs if (x.game, x.protocol_id, x.hardware) == key)
+        fp = r.fingerprint
+        sw = ", ".join(
+            f"{k} {fp[k]}" for k in ("torch", "cuda", "ale_py", "pufferlib", "numpy", "python") if fp.get(k)
+        )
+        body.append([r.game, f"{r.protocol_name}#{r.protocol_id}", f"frameskip={r.env.get('frameskip')}, {card}",
+                     r.hardware, sw, str(n)])  # fmt: skip
+    L += _md_table(["game", "protocol", "card", "hardware", "software", "runs"], body)
+
+    L += ["## Normalisation references", ""]
+    body = []
+    for g in num.games:
+        nz = normalizer(g, _family(num.runs, g))
+        body.append([g, nz.kind if nz else "none", f"{nz.lo:g} -> 0, {nz.hi:g} -> 1" if nz else "raw only",
+                     nz.source if nz else ""])  # fmt: skip
+    L += _md_table(["game", "kind", "map", "source"], body)
+
+    refs = [ref for ref in REFERENCES if ref.game in num.games]
+    if refs:
+        L += ["## Published reference points (drawn on the figures)", ""]
+        body = [
+            [ref.game, ref.name, fmt(ref.score), fmt(ref.env_steps), ref.protocol, ref.source] for ref in refs
+        ]
+        L += _md_table(["game", "reference", "score", "env steps", "protocol", "source"], body)
+
+    bad = [r for r in num.runs if r.status != "ok" or r.notes]
+    L += ["## Runs that did not finish cleanly", ""]
+    if bad or num.skipped:
+        body = [[str(r.path), r.label, r.game, str(r.seed), r.status, "; ".join(filter(None, [r.reason, *r.notes])),
+                 f"{fmt(r.total('env_steps'))} of {r.budget}"] for r in bad]  # fmt: skip
+        body += [[str(p), "?", "?", "?", "skipped", why, ""] for p, why in num.skipped]
+        L += _md_table(["run", "agent", "game", "seed", "status", "why", "reached"], body)
+        L += [
+            "Incomplete and failed runs are included in every table and figure with the data they have.",
+            "",
+        ]
+    else:
+        L += ["None: every run has its `done` marker.", ""]
+    if num.notes:
+        L += ["## Notes", ""] + [f"- {n}" for n in num.notes] + [""]
+
+    L += ["## Figures", ""]
+    stems = list(dict.fromkeys(p.with_suffix("") for p in num.figures))
+    for stem in stems:
+        rel = stem.relative_to(out)
+        links = ", ".join(
+            f"[{p.suffix[1:]}]({p.relative_to(out)})" for p in num.figures if p.with_suffix("") == stem
+        )
+        L += [f"- {stem.name}: {links}", ""]
+        if any(p.suffix == ".png" and p.with_suffix("") == stem for p in num.figures):
+            L += [f"  ![{stem.name}]({rel}.png)", ""]
+    for name, why in num.figures_skipped.items():
+        L += [f"- {name}: not drawn ({why})"]
+    L += [""]
+    return "\n".join(L)
+
+
+def _status_counts(runs: list[Run]) -> str:
+    c = defaultdict(int)
+    for r in runs:
+        c[r.status] += 1
+    return ", ".join(f"{v} {k}" for k, v in sorted(c.items()))
+
+
+def _clean(v: Any) -> Any:
+    if isinstance(v, float):
+        return v if math.isfinite(v) else None
+    if isinstance(v, (np.floating, np.integer)):
+        return _clean(v.item())
+    if isinstance(v, np.ndarray):
+        return [_clean(x) for x in v.tolist()]
+    if isinstance(v, Estimate):
+        return {"point": _clean(v.point), "lo": _clean(v.lo), "hi": _clean(v.hi)}
+    if isinstance(v, dict):
+        return {str(k): _clean(x) for k, x in v.items()}
+    if isinstance(v, (list, tuple)):
+        return [_clean(x) for x in v]
+    if isinstance(v, Path):
+        return str(v)
+    return v
+
+
+def _curve_json(c: Curve) -> dict:
+    return {"x": c.grid, "iqm": c.iqm, "ci_lo": c.lo, "ci_hi": c.hi, "n": c.n}
+
+
+def summary_json(num: Numbers, out: Path) -> dict:
+    o = num.opts
+    runs = []
+    for r in num.runs:
+        s = num.scores[r.path]
+        runs.append({"path": r.path, "agent": r.agent, "label": r.label, "game": r.game, "seed": r.seed,
+                     "status": r.status, "reason": r.reason, "notes": r.notes,
+                     "protocol": f"{r.protocol_name}#{r.protocol_id}", "hardware": r.hardware,
+                     "final_score": s.final, "score_source": s.source, "score_episodes": s.episodes,
+                     "normalized_score": s.normalized, "env_steps": r.total("env_steps"), "frames": r.total("frames"),
+                     "grad_samples": r.total("grad_samples"), "reuse_ratio": r.total("reuse_ratio"),
+                     "wall_s": r.total("wall_s"), "sps": r.sps, "train_flops": r.train_flops, "phase_s": r.phase_s,
+                     "bootstrap_horizon": r.horizon, "agent_config": r.agent_config})  # fmt: skip
+    rows = [{"label": x.label, "game": x.game, "runs": len(x.runs), "scored_runs": x.scored, "score_source": x.source,
+             "final_score_iqm": x.final, "normalized_iqm": x.normalized, "sps": x.sps, "reuse_ratio": x.reuse_ratio,
+             "wall_s": x.wall_s, "env_steps": x.env_steps, "frames": x.frames, "grad_samples": x.grad_samples,
+             "train_flops": x.train_flops, "bootstrap_horizon": x.horizon, "phase_s": x.phase_s,
+             "statuses": _status_counts(x.runs)} for x in num.rows]  # fmt: skip
+    doc = {
+        "schema": 1,
+        "settings": {
+            "last_episodes": o.last_episodes,
+            "score": o.score,
+            "reps": o.reps,
+            "seed": o.seed,
+            "ci": stats.CI_SIZE,
+            "grid_points": o.grid_points,
+            "allow_mixed": o.allow_mixed,
+            "command": o.command,
+        },
+        "mixed": num.mixed,
+        "notes": num.notes,
+        "skipped": [{"path": p, "reason": why} for p, why in num.skipped],
+        "runs": runs,
+        "per_agent_game": rows,
+        "aggregate_games": num.agg_games,
+        "aggregates": num.aggregates,
+        "probability_of_improvement": [{"x": x, "y": y, "estimate": e} for x, y, e in num.poi],
+        "performance_profiles": {
+            lab: {"tau": c.grid, "fraction": c.iqm, "ci_lo": c.lo, "ci_hi": c.hi}
+            for lab, c in num.profiles.items()
+        },
+        "curves": {
+            g: {a: {lab: _curve_json(c) for lab, c in d.items()} for a, d in ax.items()}
+            for g, ax in num.curves.items()
+        },
+        "aggregate_curves": {
+            a: {lab: _curve_json(c) for lab, c in d.items()} for a, d in num.agg_curves.items()
+        },
+        "sweeps": {
+            k: {
+                t: [
+                    {"label": p.label, "x": p.x, "x_min": p.x_lo, "x_max": p.x_hi, "final": p.y, "runs": p.n}
+                    for p in pts
+                ]
+                for t, pts in panels.items()
+            }
+            for k, panels in num.sweeps.items()
+        },
+        "references": [ref.__dict__ for ref in REFERENCES if ref.game in num.games],
+        "figures": [p.relative_to(out) for p in num.figures],
+        "figures_skipped": num.figures_skipped,
+    }
+    return _clean(doc)
+
+
+# Entry point -------------------------------------------------------------------------------
+
+
+def build_report(paths: list[str | Path], opts: Options) -> tuple[Numbers, list[Path]]:
+    """Load, compute, draw and write; returns the numbers and the files written."""
+    runs, skipped = load_runs(paths)
+    num = compute(runs, skipped, opts)
+    out = opts.out
+    out.mkdir(parents=True, exist_ok=True)
+    num.figures = draw(num, out / "figures")
+    files = list(num.figures)
+    (out / "summary.md").write_text(summary_md(num, out))
+    (out / "summary.json").write_text(json.dumps(summary_json(num, out), indent=1) + "\n")
+    tidy(runs).to_csv(out / "runs.csv", index=False)
+    files += [out / "summary.md", out / "summary.json", out / "runs.csv"]
+    return num, files
+
+
+__all__ = ["Numbers", "Options", "Reference", "build_report", "compute", "draw", "summary_json", "summary_md"]
