@@ -117,7 +117,8 @@ def test_n_step_windows_three_envs_terminate_truncate():
     rewards = torch.tensor([[t + 1.0, 1.0, 2.0] for t in range(steps)])  # env0: 1,2,3..; env1: 1; env2: 2
     for t in range(steps):
         rb.store_obs(torch.tensor([[_obs(t, e)] for e in range(n_envs)]))
-        final = torch.tensor([[_final(t, e) if (term[t, e] or trunc[t, e]) else _obs(t + 1, e)] for e in range(n_envs)])
+        ended = term[t] | trunc[t]
+        final = torch.tensor([[_final(t, e) if ended[e] else _obs(t + 1, e)] for e in range(n_envs)])
         rb.store_outcome(torch.full((n_envs,), t), rewards[t], term[t], trunc[t], final)
 
     def slot(t, e):
@@ -174,7 +175,8 @@ def test_ring_wraparound_matches_reference(final_capacity):
     g = torch.Generator().manual_seed(3)
     n_envs, n, gamma, rows = 4, 3, 0.9, 30
     lost = 0
-    rb = Replay(rows * n_envs, n_envs, (2,), torch.float32, n_step=n, gamma=gamma, final_capacity=final_capacity)
+    rb = Replay(rows * n_envs, n_envs, (2,), torch.float32, n_step=n, gamma=gamma,
+                final_capacity=final_capacity)  # fmt: skip
     history = []
     for t in range(100):
         obs = torch.tensor([[_obs(t, e), -e] for e in range(n_envs)])
@@ -184,7 +186,8 @@ def test_ring_wraparound_matches_reference(final_capacity):
         rew = torch.randn(n_envs, generator=g)
         final = torch.tensor([[_final(t, e), -e] for e in range(n_envs)])
         rb.store_outcome(torch.zeros(n_envs, dtype=torch.int64), rew, term, trunc, final)
-        history.append([(obs[e], float(rew[e]), bool(term[e]), bool(trunc[e]), final[e]) for e in range(n_envs)])
+        history.append([(obs[e], float(rew[e]), bool(term[e]), bool(trunc[e]), final[e])
+                        for e in range(n_envs)])  # fmt: skip
         if t < n + 2:
             continue
         live = (rb.tree.leaves > 0).nonzero().squeeze(1)
@@ -209,7 +212,8 @@ def test_uint8_observations_stay_uint8():
     rb = Replay(64, 2, (4, 84, 84), torch.uint8, n_step=1)
     for t in range(5):
         rb.store_obs(torch.full((2, 4, 84, 84), t, dtype=torch.uint8))
-        rb.store_outcome(torch.zeros(2, dtype=torch.int64), torch.zeros(2), torch.zeros(2, dtype=torch.bool), torch.zeros(2, dtype=torch.bool))
+        no = torch.zeros(2, dtype=torch.bool)
+        rb.store_outcome(torch.zeros(2, dtype=torch.int64), torch.zeros(2), no, no)
     assert rb.obs.dtype == torch.uint8
     b = rb.sample(8)
     assert b.obs.dtype == torch.uint8 and b.next_obs.dtype == torch.uint8
@@ -223,7 +227,8 @@ def _fill(rb: Replay, steps: int) -> None:
     n_envs = rb.num_envs
     for t in range(steps):
         rb.store_obs(torch.full((n_envs, 1), float(t)))
-        rb.store_outcome(torch.zeros(n_envs, dtype=torch.int64), torch.ones(n_envs), torch.zeros(n_envs, dtype=torch.bool), torch.zeros(n_envs, dtype=torch.bool))
+        no = torch.zeros(n_envs, dtype=torch.bool)
+        rb.store_outcome(torch.zeros(n_envs, dtype=torch.int64), torch.ones(n_envs), no, no)
 
 
 def test_prioritised_sampling_weights_and_max_priority():
@@ -244,7 +249,8 @@ def test_prioritised_sampling_weights_and_max_priority():
     _fill(rb, 1)
     assert rb.tree.leaves[8].item() == 4.0
     # Sampling follows the priorities: chi-square over 10^5 draws.
-    counts = torch.bincount(torch.cat([rb.sample(1000).idx for _ in range(100)]), minlength=rb.capacity).double()
+    draws = torch.cat([rb.sample(1000).idx for _ in range(100)])  # 10^5 draws
+    counts = torch.bincount(draws, minlength=rb.capacity).double()
     leaves = rb.tree.leaves
     pos = leaves > 0
     assert counts[~pos].sum() == 0

@@ -1,0 +1,512 @@
+"""Beyond The Rainbow (Clark et al. 2024, "Beyond The Rainbow: High Performance Deep Reinforcement
+Learning on a Desktop PC", arXiv 2411.03820): Rainbow (:mod:`agents.rainbow`) with six changes,
+vectorised over ``num_envs`` environments, with every change an ablation switch.
+
+What BTR changes in Rainbow (all on by default, as in the paper):
+
+* Impala torso, ``--no-impala`` (Espeholt et al. 2018): the IMPALA ResNet convolutions with the
+  channels scaled ``x2`` (``--impala-width``); off, the NatureCNN convolutions (Mnih et al. 2015).
+* adaptive max-pooling, ``--no-maxpool``: the last Impala feature map is max-pooled to 6x6
+  (``--pool-size``), which fixes the feature size whatever the frame size (Clark et al. 2024).
+* spectral normalisation, ``--no-spectral-norm`` (Miyato et al. 2018; Gogianu et al. 2021): on the
+  residual convolutions of the Impala torso (:class:`agents.nets.ImpalaCNN`).
+* IQN, ``--no-iqn`` (Dabney et al. 2018, "Implicit Quantile Networks"): the head maps features and
+  a quantile level ``tau ~ U(0, 1)`` to the return quantile of every action. ``tau`` enters through
+  64 cosines ``cos(pi i tau), i = 1..64`` (Dopamine's indexing; the paper's ``i = 0`` term is a
+  constant the bias already gives), a linear layer + ReLU to the feature width and a Hadamard
+  product with the torso features; the dueling noisy streams follow. ``N = N' = 8`` samples for
+  the online and target nets, and 8 for acting (Clark et al. 2024). Loss: the quantile Huber loss
+  with ``kappa = 1`` (Dabney et al. 2018, eq. 3), summed over online quantiles and averaged over
+  target quantiles; its per-sample value is the priority. Off: C51 as in Rainbow (Bellemare et al.
+  2017: 51 atoms on [-10, 10], cross-entropy to the projection, KL divergence as priority).
+* Munchausen, ``--no-munchausen`` (Vieillard et al. 2020, "Munchausen Reinforcement Learning",
+  eq. 2 and its M-IQN variant): the target adds the scaled log-policy of the taken action,
+  ``alpha * clip(tau_m * log pi(a|s), l0, 0)``, and bootstraps with the soft (log-sum-exp) value
+  ``sum_a' pi(a'|s') (z(s', a') - tau_m log pi(a'|s'))`` per target quantile, where
+  ``pi = softmax(q / tau_m)`` of the target net's Q (the mean over its quantiles). ``tau_m = 0.03``,
+  ``alpha = 0.9``, ``l0 = -1`` (Vieillard et al. 2020; Clark et al. 2024). The clip is on
+  ``tau_m * log pi`` as in Vieillard et al. (eq. 2: ``[tau ln pi]_{l0}^0``). With n-step returns
+  the bonus is that of the *first* action of the window only, and the soft bootstrap is taken
+  ``n`` steps later (as BTR does); the actions inside the window get no entropy term. The soft
+  bootstrap replaces Rainbow's double-Q max; off, IQN bootstraps from the double-Q action
+  (``--double``, as Rainbow). With ``--no-iqn`` the same target is built for C51: the soft
+  bootstrap is the ``pi``-mixture of the per-action target distributions, each shifted by
+  ``-tau_m log pi(a'|s')``, projected onto the support one action at a time.
+* vectorised acting and replay ratio: 64 envs, batch 256, one gradient step per 64 env steps
+  (256 samples / 64 env steps = replay ratio 4), target copy every 500 gradient steps (Clark et
+  al. 2024). The credit scheme and ledger are Rainbow's, unchanged.
+
+Kept from Rainbow: dueling noisy streams (512 units, ``sigma0 = 0.5``), prioritised replay (now
+``alpha = 0.2``, ``beta`` annealed ``0.45 -> 1``), 3-step returns, reward clipping to [-1, 1]
+for Atari, gradient-norm clip 10, the torso/stream split (the 512-unit layers belong to the
+streams; the Impala torso's FC layer is not used).
+
+Network: torso (MLP for vectors: PufferLib and gymnasium; Impala or NatureCNN convolutions for
+images) -> [IQN tau embedding, Hadamard product] -> dueling noisy streams -> ``[B, T, A]``
+quantiles (IQN) or ``[B, A, K]`` logits (C51).
+
+Defaults are the paper's Atari values (Clark et al. 2024, appendix hyper-parameter table and the
+released code, github.com/VIPTankz/BTR), in env steps (4 frames each) and gradient steps:
+
+* Adam, lr 1e-4, eps 0.005 / batch = 1.95e-5; batch 256; gamma 0.997; 64 envs; replay ratio 4;
+* learning starts after 200K transitions (env steps);
+* epsilon-greedy on top of the noisy nets: 1 -> 0.01 over the first 8M frames (2M env steps),
+  switched off after 100M frames (25M env steps); without noisy nets it stays at the floor;
+* replay capacity: the paper's 1M transitions would hold 28 GB of stacked 84x84 uint8 frames; the
+  CPU default is 100K transitions (as Rainbow's); ``--buffer-size`` to change.
+
+Evaluation (``explore=False``) uses the noise-free mean weights and epsilon 0.001 (Dopamine's
+``epsilon_eval``, as Rainbow), and never touches replay or schedules.
+
+PRESETS: ``ale`` is the paper; ``puffer`` and ``gym`` are tuned for fast CPU learning, with the
+reasoning next to them.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from agents.api import AgentContext, opt
+from agents.heads import QHead, categorical_projection, noisy_layers, reset_noise
+from agents.nets import MLP, make_encoder
+from agents.rainbow import _ConvTorso
+from agents.replay import Batch, Replay
+from envs.base import EnvSpec, EnvStep
+
+
+@dataclass(frozen=True)
+class Config:
+    # Vectorisation and reuse
+    num_envs: int = opt(64, "parallel environments (Clark et al. 2024: 64)")
+    batch_size: int = opt(256, "transitions per gradient step (Clark et al. 2024)")
+    replay_ratio: float = opt(4.0, "gradient samples per env step; BTR: 256 every 64 env steps = 4")
+    learning_starts: int = opt(200_000, "env steps before learning (BTR: 200K transitions)")
+    buffer_size: int = opt(100_000, "replay capacity in transitions (paper 1M; CPU default, see docs)")
+    # Optimisation
+    lr: float = opt(1e-4, "Adam step size (Clark et al. 2024)")
+    adam_eps: float = opt(0.005 / 256, "Adam epsilon, 0.005 / batch (Clark et al. 2024)")
+    max_grad_norm: float = opt(10.0, "global gradient-norm clip, 0 = off (Clark et al. 2024)")
+    gamma: float = opt(0.997, "discount per env step (Clark et al. 2024)")
+    target_update: int = opt(500, "gradient steps between target-net copies (Clark et al. 2024)")
+    # Components (each an ablation switch)
+    impala: bool = opt(True, "Impala ResNet torso for images (Espeholt et al. 2018); off = NatureCNN")
+    spectral_norm: bool = opt(True, "spectral norm on the Impala residual convs (Clark et al. 2024)")
+    maxpool: bool = opt(True, "adaptive max-pool of the last Impala feature map (Clark et al. 2024)")
+    iqn: bool = opt(True, "implicit quantile head (Dabney et al. 2018); off = C51 (Rainbow)")
+    munchausen: bool = opt(True, "Munchausen target, soft bootstrap (Vieillard et al. 2020)")
+    double: bool = opt(True, "double Q-learning bootstrap action, only with --no-munchausen (Rainbow)")
+    dueling: bool = opt(True, "dueling value/advantage streams (Wang et al. 2016)")
+    per: bool = opt(True, "prioritised replay (Schaul et al. 2016); off = uniform")
+    n_step: int = opt(3, "multi-step return length; 1 = one-step (Clark et al. 2024: 3)")
+    noisy: bool = opt(True, "noisy linear layers (Fortunato et al. 2018)")
+    # Component settings
+    impala_width: int = opt(2, "Impala channel multiplier (Clark et al. 2024: 2)")
+    pool_size: int = opt(6, "side of the adaptive max-pool output (Clark et al. 2024: 6)")
+    num_taus: int = opt(8, "IQN quantile samples, online N = target N' = acting K (Clark et al. 2024)")
+    num_cosines: int = opt(64, "IQN cosine embedding size (Dabney et al. 2018)")
+    kappa: float = opt(1.0, "quantile Huber threshold (Dabney et al. 2018)")
+    munchausen_tau: float = opt(0.03, "Munchausen entropy temperature (Vieillard et al. 2020)")
+    munchausen_alpha: float = opt(0.9, "Munchausen log-policy scale (Vieillard et al. 2020)")
+    munchausen_l0: float = opt(-1.0, "lower clip of tau * log pi (Vieillard et al. 2020)")
+    per_alpha: float = opt(0.2, "priority exponent alpha (Clark et al. 2024)")
+    per_beta0: float = opt(0.45, "initial importance-sampling exponent, annealed to 1 (Clark et al. 2024)")
+    beta_anneal_steps: int = opt(0, "env steps to anneal beta over; 0 = the run's budget (else 50M)")
+    atoms: int = opt(51, "C51 support size, only with --no-iqn (Bellemare et al. 2017)")
+    v_min: float = opt(-10.0, "lowest return on the C51 support (--no-iqn)")
+    v_max: float = opt(10.0, "highest return on the C51 support (--no-iqn)")
+    noisy_sigma0: float = opt(0.5, "initial noise scale sigma0 (Fortunato et al. 2018, factorised)")
+    eps_start: float = opt(1.0, "epsilon-greedy start (BTR keeps it with noisy nets)")
+    eps_end: float = opt(0.01, "epsilon-greedy floor (Clark et al. 2024)")
+    eps_decay_steps: int = opt(2_000_000, "env steps of linear epsilon decay (8M frames, Clark et al. 2024)")
+    eps_off_steps: int = opt(25_000_000, "env steps after which epsilon is 0 with noisy nets (100M frames)")
+    eval_epsilon: float = opt(0.001, "epsilon when acting with explore=False (Dopamine)")
+    # Rewards as the learner sees them (the env never clips)
+    reward_clip: float = opt(1.0, "clip rewards to [-c, c] before storing; 0 = off (Mnih et al. 2015)")
+    reward_scale: float = opt(1.0, "multiply (clipped) rewards by this before storing")
+    # Network
+    hidden: int = opt(512, "MLP torso width (vector observations)")
+    mlp_layers: int = opt(2, "MLP torso depth")
+    head_hidden: int = opt(512, "hidden units in each value/advantage stream; 0 = one layer")
+
+    def __post_init__(self):
+        if self.n_step < 1:
+            raise ValueError("n_step must be >= 1")
+        if self.num_taus < 1 or self.num_cosines < 1:
+            raise ValueError("IQN needs num_taus >= 1 and num_cosines >= 1")
+        if self.munchausen and self.munchausen_tau <= 0:
+            raise ValueError("munchausen_tau must be > 0")
+        if not self.iqn and not (self.atoms >= 2 and self.v_max > self.v_min):
+            raise ValueError("C51 needs atoms >= 2 and v_max > v_min")
+
+
+PRESETS: dict[str, dict[str, Any]] = {
+    # The paper's Atari agent: the Config defaults.
+    "ale": {},
+    # PufferLib Ocean (breakout: 118 floats, bricks worth 1-7 points): BTR's own 64 envs, batch
+    # 256 and replay ratio 4 (one update per vector step, the target copy every 500 updates =
+    # 32K env steps), with Rainbow's puffer adjustments for an MLP on vector states: lr 5e-4,
+    # learning after 10K env steps, a 1M buffer (472 MB of float32 observations), single-layer
+    # streams (head_hidden 0: IQN runs the head on batch x 8 quantile rows, and the 128-unit
+    # hidden layers doubled the update's cost on this CPU). gamma 0.99 as Rainbow's preset: a brick
+    # is tens of steps away. Epsilon 1 -> 0.01 over 100K env steps, off after 1M, where noise
+    # alone explores (the paper's schedule scaled to a minutes-long run).
+    "puffer": {
+        "num_envs": 64, "batch_size": 256, "replay_ratio": 4.0, "learning_starts": 10_000,
+        "buffer_size": 1_000_000, "lr": 5e-4, "gamma": 0.99, "hidden": 128, "head_hidden": 0,
+        "beta_anneal_steps": 5_000_000, "eps_decay_steps": 100_000, "eps_off_steps": 1_000_000,
+    },  # fmt: skip
+    # gymnasium classic control (CartPole: +1 per step, 500-step cap): Rainbow's gym preset, with
+    # rewards scaled by 0.1 (Q near 10 at gamma 0.99, the scale tau_m = 0.03 was set for: clipped
+    # Atari rewards). At one update of 128 per 32 env steps, a target copy every 30 updates (~1K
+    # env steps) lets the value propagate over CartPole's 100-step horizon within ~50K env steps;
+    # Rainbow's 250 left it at a ~160-step plateau at 100K (seed 1). Epsilon 1 -> 0.01 over 20K
+    # env steps, off after 100K.
+    "gym": {
+        "num_envs": 8, "batch_size": 128, "replay_ratio": 4.0, "learning_starts": 5_000,
+        "buffer_size": 100_000, "lr": 1e-3, "gamma": 0.99, "target_update": 30, "reward_clip": 0.0,
+        "reward_scale": 0.1, "hidden": 128, "head_hidden": 128, "eps_decay_steps": 20_000,
+        "eps_off_steps": 100_000,
+    },  # fmt: skip
+}
+
+
+def cosine_embedding(taus: torch.Tensor, num_cosines: int) -> torch.Tensor:
+    """IQN's embedding of quantile levels (Dabney et al. 2018, eq. 4): ``taus`` [B, T] ->
+    ``cos(pi i tau)`` for ``i = 1..num_cosines`` (Dopamine's indexing), [B, T, C]."""
+    i = torch.arange(1, num_cosines + 1, device=taus.device, dtype=taus.dtype)  # [C]
+    return torch.cos(math.pi * i * taus.unsqueeze(-1))  # [B, T, C]
+
+
+class QuantileHead(nn.Module):
+    """IQN head: features [B, D] and quantile levels [B, T] -> return quantiles [B, T, A].
+
+    ``phi(tau) = ReLU(Linear(cos(pi i tau)))`` has the feature width ``D``; the Hadamard product
+    ``features * phi(tau)`` feeds Rainbow's (dueling, noisy) :class:`agents.heads.QHead` with one
+    output per action (Dabney et al. 2018, sec. 3.1; the streams as Clark et al. 2024)."""
+
+    def __init__(
+        self,
+        in_dim: int,
+        num_actions: int,
+        hidden: int,
+        dueling: bool,
+        noisy: bool,
+        sigma0: float,
+        num_cosines: int,
+    ):
+        super().__init__()
+        self.num_cosines = num_cosines
+        self.tau_embed = nn.Sequential(nn.Linear(num_cosines, in_dim), nn.ReLU())
+        self.q = QHead(in_dim, num_actions, 1, hidden, dueling, noisy, sigma0)
+
+    def forward(self, x: torch.Tensor, taus: torch.Tensor) -> torch.Tensor:
+        phi = self.tau_embed(cosine_embedding(taus, self.num_cosines))  # [B, T, D]
+        return self.q(x.unsqueeze(1) * phi).squeeze(-1)  # [B, T, A]
+
+
+class QNetwork(nn.Module):
+    """obs [B, *obs_shape] (and taus [B, T] for IQN) -> IQN quantiles [B, T, A] or C51 logits
+    [B, A, K]."""
+
+    def __init__(self, spec: EnvSpec, cfg: Config):
+        super().__init__()
+        if len(spec.obs_shape) == 1:
+            self.torso: nn.Module = MLP(spec.obs_shape, cfg.hidden, cfg.mlp_layers)
+        elif cfg.impala:
+            pool = cfg.pool_size if cfg.maxpool else 0
+            kw = {"width": cfg.impala_width, "pool": pool, "spectral_norm": cfg.spectral_norm}
+            self.torso = _ConvTorso(make_encoder("impala", spec.obs_shape, cfg.head_hidden, **kw))
+        else:
+            self.torso = _ConvTorso(make_encoder("nature", spec.obs_shape, cfg.head_hidden))
+        d, a = self.torso.out_dim, spec.num_actions
+        if cfg.iqn:
+            self.head: nn.Module = QuantileHead(
+                d, a, cfg.head_hidden, cfg.dueling, cfg.noisy, cfg.noisy_sigma0, cfg.num_cosines
+            )
+        else:
+            self.head = QHead(d, a, cfg.atoms, cfg.head_hidden, cfg.dueling, cfg.noisy, cfg.noisy_sigma0)
+
+    def forward(self, obs: torch.Tensor, taus: torch.Tensor | None = None) -> torch.Tensor:
+        x = self.torso(obs)  # [B, D]
+        return self.head(x) if taus is None else self.head(x, taus)  # [B, A, K] or [B, T, A]
+
+
+def q_values(out: torch.Tensor, support: torch.Tensor | None) -> torch.Tensor:
+    """Network output -> Q [B, A]: the mean over the IQN quantiles [B, T, A] (``support`` None),
+    or the mean of the C51 distribution [B, A, K]."""
+    if support is None:
+        return out.mean(1)
+    return (out.softmax(-1) * support).sum(-1)
+
+
+def at_action(z: torch.Tensor, action: torch.Tensor) -> torch.Tensor:
+    """IQN quantiles [B, T, A] of the actions ``action`` [B] -> [B, T]."""
+    return z.gather(2, action.view(-1, 1, 1).expand(-1, z.shape[1], 1)).squeeze(2)
+
+
+def bootstrap_actions(
+    next_online: torch.Tensor | None, next_target: torch.Tensor, support: torch.Tensor | None
+) -> torch.Tensor:
+    """a* [B] for the hard (non-Munchausen) target: argmax of the online net's Q(s') when double
+    Q-learning (``next_online`` given; van Hasselt et al. 2016), else of the target net's."""
+    return q_values(next_online if next_online is not None else next_target, support).argmax(-1)
+
+
+def quantile_huber_loss(
+    pred: torch.Tensor, target: torch.Tensor, taus: torch.Tensor, kappa: float = 1.0
+) -> torch.Tensor:
+    """Per-sample quantile Huber loss (Dabney et al. 2018, eq. 3). ``pred`` [B, N] online
+    quantiles at levels ``taus`` [B, N]; ``target`` [B, N'] target samples. With
+    ``delta_ij = target_j - pred_i``: ``sum_i mean_j |tau_i - 1{delta_ij < 0}| L_kappa(delta_ij) / kappa``,
+    ``L_kappa`` the Huber loss. Returns [B] (also the priority)."""
+    delta = target.unsqueeze(1) - pred.unsqueeze(2)  # [B, N, N']
+    abs_delta = delta.abs()
+    huber = torch.where(abs_delta <= kappa, 0.5 * delta**2, kappa * (abs_delta - 0.5 * kappa))  # [B, N, N']
+    weight = (taus.unsqueeze(2) - (delta.detach() < 0).to(delta.dtype)).abs()  # [B, N, N']
+    return (weight * huber / kappa).mean(2).sum(1)  # [B]
+
+
+def munchausen_bonus(
+    q: torch.Tensor, action: torch.Tensor, tau: float, alpha: float, l0: float
+) -> torch.Tensor:
+    """``alpha * clip(tau * log pi(a|s), l0, 0)`` [B] with ``pi = softmax(q / tau)`` from the
+    target net's Q ``q`` [B, A] (Vieillard et al. 2020, eq. 2)."""
+    log_pi = F.log_softmax(q / tau, dim=-1)  # [B, A]
+    return alpha * (tau * log_pi.gather(1, action.unsqueeze(1)).squeeze(1)).clamp(l0, 0.0)  # [B]
+
+
+def munchausen_iqn_target(
+    reward: torch.Tensor,
+    discount: torch.Tensor,
+    action: torch.Tensor,
+    q: torch.Tensor,
+    next_z: torch.Tensor,
+    tau: float,
+    alpha: float,
+    l0: float,
+) -> torch.Tensor:
+    """M-IQN target samples [B, N'] (Vieillard et al. 2020, eq. 2 per quantile):
+    ``reward + bonus(a|s) + discount * sum_a' pi(a'|s') (z_j(s', a') - tau log pi(a'|s'))``.
+    ``reward`` [B] the n-step return, ``discount`` [B] (``gamma**n``, 0 after termination),
+    ``q`` [B, A] target-net Q at s, ``next_z`` [B, N', A] target-net quantiles at s'."""
+    log_pi = F.log_softmax(next_z.mean(1) / tau, dim=-1).unsqueeze(1)  # [B, 1, A]
+    soft = (log_pi.exp() * (next_z - tau * log_pi)).sum(-1)  # [B, N'] soft (log-sum-exp) value
+    bonus = munchausen_bonus(q, action, tau, alpha, l0)  # [B]
+    return (reward + bonus).unsqueeze(1) + discount.unsqueeze(1) * soft  # [B, N']
+
+
+def munchausen_c51_target(
+    reward: torch.Tensor,
+    discount: torch.Tensor,
+    action: torch.Tensor,
+    q: torch.Tensor,
+    next_logits: torch.Tensor,
+    support: torch.Tensor,
+    tau: float,
+    alpha: float,
+    l0: float,
+) -> torch.Tensor:
+    """Munchausen target distribution for C51 [B, K] (``--no-iqn``). The soft bootstrap
+    ``sum_a' pi(a') (Z(s', a') - tau log pi(a'))`` is a mixture: action ``a'`` contributes its
+    target distribution shifted by ``-tau log pi(a')`` with weight ``pi(a')``. Each component is
+    projected with :func:`agents.heads.categorical_projection` and the projections mixed.
+    ``next_logits`` [B, A, K] target-net logits at s'; ``q`` [B, A] target-net Q at s."""
+    b, a, k = next_logits.shape
+    log_pi = F.log_softmax(q_values(next_logits, support) / tau, dim=-1)  # [B, A]
+    base = reward + munchausen_bonus(q, action, tau, alpha, l0)  # [B]
+    shift = base.unsqueeze(1) - discount.unsqueeze(1) * tau * log_pi  # [B, A] returns per component
+    m = categorical_projection(
+        next_logits.softmax(-1).reshape(b * a, k), shift.reshape(-1), discount.repeat_interleave(a), support
+    ).view(b, a, k)  # [B, A, K]
+    return (log_pi.exp().unsqueeze(-1) * m).sum(1)  # [B, K]
+
+
+def c51_loss(
+    logits: torch.Tensor, target: torch.Tensor, support: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """``--no-iqn``: C51 loss for the taken actions' ``logits`` [B, K] against the projected
+    ``target`` distribution [B, K] (Munchausen or plain). Returns per-sample cross-entropy [B]
+    (Bellemare et al. 2017), the KL divergence used as priority [B] (Hessel et al. 2018), and the
+    predicted Q of the taken action [B] (a diagnostic)."""
+    logp = logits.log_softmax(-1)  # [B, K]
+    ce = -(target * logp).sum(-1)  # [B]
+    kl = (torch.special.xlogy(target, target).sum(-1) + ce).detach()  # [B] = CE - H(target) >= 0
+    q = (logp.detach().exp() * support).sum(-1)  # [B]
+    return ce, kl, q
+
+
+class Agent:
+    def __init__(self, cfg: Config, ctx: AgentContext):
+        self.cfg, self.spec, self.device, self.n = cfg, ctx.spec, ctx.device, ctx.num_envs
+        self.online = QNetwork(ctx.spec, cfg).to(self.device)
+        self.target = copy.deepcopy(self.online).requires_grad_(False)
+        self._noisy_online, self._noisy_target = noisy_layers(self.online), noisy_layers(self.target)
+        # fused: one kernel for all parameters instead of a Python loop over them (CPU and CUDA).
+        self.opt = torch.optim.Adam(self.online.parameters(), lr=cfg.lr, eps=cfg.adam_eps, fused=True)
+        # [K] C51 atoms z_i (--no-iqn); None for the IQN head
+        support = torch.linspace(cfg.v_min, cfg.v_max, cfg.atoms, device=self.device)
+        self.support = None if cfg.iqn else support
+        self.replay = Replay(
+            cfg.buffer_size, self.n, ctx.spec.obs_shape, ctx.spec.obs_dtype, n_step=cfg.n_step,
+            gamma=cfg.gamma, prioritized=cfg.per, alpha=cfg.per_alpha, device=self.device,
+        )  # fmt: skip
+        self.beta_steps = cfg.beta_anneal_steps or ctx.total_env_steps or 50_000_000  # paper: 200M frames
+        self.updates_per_step = self.n * cfg.replay_ratio / cfg.batch_size  # gradient steps of credit
+        self.env_steps = 0
+        self.grad_steps = 0
+        self.credit = 0.0
+        self._action: torch.Tensor | None = None
+
+    # --- schedules (functions of env steps) ---------------------------------------------------
+    def epsilon(self) -> float:
+        if self.cfg.noisy and self.env_steps >= self.cfg.eps_off_steps:
+            return 0.0  # noise alone explores from here (Clark et al. 2024)
+        frac = min(1.0, self.env_steps / max(1, self.cfg.eps_decay_steps))
+        return self.cfg.eps_start + frac * (self.cfg.eps_end - self.cfg.eps_start)
+
+    def beta(self) -> float:
+        frac = min(1.0, self.env_steps / self.beta_steps)
+        return self.cfg.per_beta0 + frac * (1.0 - self.cfg.per_beta0)
+
+    def taus(self, batch: int) -> torch.Tensor | None:
+        """Quantile levels [batch, num_taus] ~ U(0, 1) for IQN, None for C51."""
+        return torch.rand(batch, self.cfg.num_taus, device=self.device) if self.cfg.iqn else None
+
+    # --- acting ---------------------------------------------------------------------------------
+    def _greedy_or_random(self, obs: torch.Tensor, eps: float) -> torch.Tensor:
+        q = q_values(self.online(obs, self.taus(obs.shape[0])), self.support)  # [N, A]
+        action = q.argmax(-1)  # [N]
+        if eps > 0:
+            n = obs.shape[0]
+            explore = torch.rand(n, device=self.device) < eps  # [N]
+            random = torch.randint(self.spec.num_actions, (n,), device=self.device)  # [N]
+            action = torch.where(explore, random, action)
+        return action
+
+    def act(self, obs: torch.Tensor, explore: bool = True) -> torch.Tensor:
+        if not explore:
+            self.online.eval()  # noisy layers use their mean weights
+            with torch.inference_mode():
+                action = self._greedy_or_random(obs, self.cfg.eval_epsilon)
+            self.online.train()
+            return action
+        reset_noise(self._noisy_online)
+        with torch.inference_mode():
+            action = self._greedy_or_random(obs, self.epsilon())
+        self.replay.store_obs(obs)
+        self._action = action
+        return action
+
+    def observe(self, step: EnvStep) -> None:
+        reward = step.reward
+        if self.cfg.reward_clip > 0:
+            reward = reward.clamp(-self.cfg.reward_clip, self.cfg.reward_clip)
+        reward = reward * self.cfg.reward_scale
+        self.replay.store_outcome(self._action, reward, step.terminated, step.truncated, step.final_obs)
+        self.env_steps += self.n
+        if self.env_steps >= self.cfg.learning_starts and self.replay.num_samplable > 0:
+            self.credit += self.updates_per_step
+
+    # --- learning -------------------------------------------------------------------------------
+    def bootstrap(self, batch: Batch) -> torch.Tensor:
+        """The target, computed without gradients: samples [B, N'] for IQN, a distribution on the
+        support [B, K] for C51. Munchausen: one target-net pass over s and s' (Q(s) for the bonus,
+        the soft value at s'); else the double-Q (or target-net) action at s'. Uses the current
+        noise."""
+        cfg, bsz = self.cfg, batch.obs.shape[0]
+        r, d = batch.reward, batch.discount  # [B] n-step return, gamma**n (0 after a termination)
+        with torch.no_grad():
+            if cfg.munchausen:
+                m = cfg.munchausen_tau, cfg.munchausen_alpha, cfg.munchausen_l0
+                both = self.target(torch.cat([batch.obs, batch.next_obs]), self.taus(2 * bsz))  # [2B, ...]
+                q_s, next_target = q_values(both[:bsz], self.support), both[bsz:]  # [B, A]; s' outputs
+                if cfg.iqn:
+                    return munchausen_iqn_target(r, d, batch.action, q_s, next_target, *m)  # [B, N']
+                return munchausen_c51_target(r, d, batch.action, q_s, next_target, self.support, *m)  # [B, K]
+            next_target = self.target(batch.next_obs, self.taus(bsz))  # [B, N', A] or [B, A, K]
+            next_online = self.online(batch.next_obs, self.taus(bsz)) if cfg.double else None
+            a_star = bootstrap_actions(next_online, next_target, self.support)  # [B]
+            if cfg.iqn:
+                return r.unsqueeze(1) + d.unsqueeze(1) * at_action(next_target, a_star)  # [B, N']
+            p_next = next_target[torch.arange(bsz, device=self.device), a_star].softmax(-1)  # [B, K]
+            return categorical_projection(p_next, r, d, self.support)  # [B, K]
+
+    def loss(self, batch: Batch) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(importance-weighted mean loss, per-sample priority [B], predicted Q of the taken
+        actions [B])."""
+        taus = self.taus(batch.obs.shape[0])  # [B, N] (None for C51)
+        out = self.online(batch.obs, taus)  # [B, N, A] or [B, A, K]
+        target = self.bootstrap(batch)
+        if self.cfg.iqn:
+            taken = at_action(out, batch.action)  # [B, N]
+            per_sample = quantile_huber_loss(taken, target, taus, self.cfg.kappa)  # [B]
+            priority, q = per_sample.detach(), taken.detach().mean(1)
+        else:
+            taken = out[torch.arange(out.shape[0], device=self.device), batch.action]  # [B, K]
+            per_sample, priority, q = c51_loss(taken, target, self.support)
+        return (batch.weight * per_sample).mean(), priority, q  # IS-weighted (Schaul et al. 2016)
+
+    def _learn_step(self, beta: float) -> tuple[torch.Tensor, torch.Tensor]:
+        cfg = self.cfg
+        batch = self.replay.sample(cfg.batch_size, beta)
+        reset_noise(self._noisy_online)  # one noise sample per net per update (Fortunato et al. 2018)
+        reset_noise(self._noisy_target)
+        loss, priority, q = self.loss(batch)
+        self.opt.zero_grad(set_to_none=True)
+        loss.backward()
+        if cfg.max_grad_norm > 0:
+            nn.utils.clip_grad_norm_(self.online.parameters(), cfg.max_grad_norm, foreach=True)
+        self.opt.step()
+        self.replay.update_priorities(batch.idx, priority)
+        self.grad_steps += 1
+        if self.grad_steps % cfg.target_update == 0:
+            self.target.load_state_dict(self.online.state_dict())
+        return loss.detach(), q.mean()
+
+    def update(self) -> dict[str, Any] | None:
+        steps = int(self.credit)
+        if steps == 0:
+            return None
+        self.credit -= steps
+        beta = self.beta()
+        loss = q_mean = torch.zeros((), device=self.device)
+        for _ in range(steps):
+            step_loss, step_q = self._learn_step(beta)
+            loss, q_mean = loss + step_loss, q_mean + step_q
+        metrics = {
+            "grad_steps": steps,
+            "grad_samples": steps * self.cfg.batch_size,
+            "loss": float(loss) / steps,  # one host sync per update() call
+            "q_mean": float(q_mean) / steps,  # predicted Q of the sampled actions
+            "beta": beta if self.cfg.per else 0.0,
+            "epsilon": self.epsilon(),
+        }
+        return metrics
+
+    # --- checkpointing --------------------------------------------------------------------------
+    def state_dict(self) -> dict[str, Any]:
+        return {
+            "online": self.online.state_dict(),
+            "target": self.target.state_dict(),
+            "opt": self.opt.state_dict(),
+            "replay": self.replay.state_dict(),
+            "counters": {"env_steps": self.env_steps, "grad_steps": self.grad_steps, "credit": self.credit},
+        }
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.online.load_state_dict(state["online"])
+        self.target.load_state_dict(state["target"])
+        # Optimizer.load_state_dict keeps the given tensors when dtype and device match: copy them
+        # so a state taken from a live agent is not shared with it.
+        self.opt.load_state_dict(copy.deepcopy(state["opt"]))
+        self.replay.load_state_dict(state["replay"])
+        c = state["counters"]
+        self.env_steps, self.grad_steps = int(c["env_steps"]), int(c["grad_steps"])
+        self.credit = float(c["credit"])

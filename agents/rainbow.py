@@ -1,0 +1,398 @@
+"""Rainbow (Hessel et al. 2018, "Rainbow: Combining Improvements in Deep Reinforcement Learning"),
+vectorised over ``num_envs`` environments, with every component an ablation switch.
+
+Components and their switches (all on by default, as in the paper):
+
+* double Q-learning, ``--no-double`` (van Hasselt et al. 2016): the online net picks the
+  bootstrap action ``argmax_a Q_online(s', a)``, the target net evaluates it; off, the target net
+  does both (Mnih et al. 2015).
+* dueling streams, ``--no-dueling`` (Wang et al. 2016): ``Q = V + A - mean A``, applied to the C51
+  logits as in Hessel et al. 2018 (sec. 3).
+* prioritised replay, ``--no-per`` (Schaul et al. 2016): proportional, sum tree, ``alpha = 0.5``,
+  ``beta`` annealed linearly ``0.4 -> 1`` over the run (Hessel et al. 2018, Table 1); priorities are
+  the per-sample KL divergence between the projected target and the predicted distribution
+  (Hessel et al. 2018, eq. 3 and "Prioritized replay"), or ``|TD error|`` without C51; new
+  transitions enter at the maximum priority seen.
+* n-step returns, ``--n-step N`` (Sutton 1988; ``n = 3`` in Hessel et al. 2018); ``1`` turns
+  multi-step off. Windows stop per env at episode ends: ``terminated`` means no bootstrap,
+  ``truncated`` bootstraps from the true final observation (:mod:`agents.replay`).
+* distributional C51, ``--no-distributional`` (Bellemare et al. 2017): 51 atoms on
+  ``[v_min, v_max] = [-10, 10]``, cross-entropy to the categorical projection
+  (:func:`agents.heads.categorical_projection`); off, a scalar Q head trained with the Huber
+  loss (``--q-loss mse`` for squared error), as in DQN (Mnih et al. 2015).
+* noisy nets, ``--no-noisy`` (Fortunato et al. 2018): factorised Gaussian layers in both streams,
+  ``sigma0 = 0.5``, exploration by noise alone (epsilon 0); new noise for every acting step and
+  every gradient step (online and target nets). Off, epsilon-greedy decays linearly from 1 to 0.01
+  over 250K frames (62.5K env steps), the DQN schedule Hessel et al. 2018 use for their
+  no-noisy ablation.
+
+Network: a torso (MLP for vectors; the NatureCNN or ImpalaCNN *convolutions* for images, taken
+from :mod:`agents.nets` without their fully connected layer) feeding the dueling streams, each with
+a hidden layer of ``head_hidden`` units (512 in the paper) and the output layer; all stream layers
+noisy. The target network is a hard copy every ``target_update`` gradient steps.
+
+Vectorisation and sample reuse (the deviation that is the point of this file). The paper steps one
+env and does one update of 32 samples every 4 steps: 8 gradient samples per env step. Here each
+vector step adds ``num_envs * replay_ratio / batch_size`` updates of credit once ``learning_starts``
+env steps have been collected; ``update()`` runs ``floor(credit)`` updates, so gradient samples per
+env step (the ledger's ``reuse_ratio``) equals ``replay_ratio`` however the batch and env count are
+chosen. The paper's setting is ``--num-envs 1 --batch-size 32 --replay-ratio 8``.
+
+Defaults below are the paper's Atari values (Hessel et al. 2018, Table 1) with units converted to
+env steps (4 frames each) and gradient steps:
+
+* Adam, lr 6.25e-5, eps 1.5e-4; batch 32; gamma 0.99; replay ratio 8 (32 samples / 4 steps);
+* learning starts after 80K frames = 20K env steps;
+* target period 32K frames = 8K env steps = 2K gradient steps at the paper's 1 update / 4 steps;
+  we count it in gradient steps so it does not change meaning when ``replay_ratio`` changes;
+* replay capacity: the paper's 1M transitions would hold 28 GB of stacked 84x84 uint8 frames
+  (this buffer stores each stacked observation once); the CPU default is 100K transitions
+  (2.8 GB for Atari, 47 MB for a 118-float PufferLib observation); ``--buffer-size`` to change;
+* gradient-norm clipping at 10 (CleanRL ``rainbow_atari.py``; the paper does not clip);
+* rewards clipped to [-1, 1] for Atari (Mnih et al. 2015) in the learner, never in the env.
+
+Evaluation (``explore=False``) uses the noise-free mean weights and epsilon 0.001 (Dopamine's
+``epsilon_eval``), and never touches replay or schedules.
+
+PRESETS: ``ale`` is the paper adapted to 8 envs (same replay ratio 8, so 2 updates of 32 per
+vector step); ``puffer`` and ``gym`` are tuned for fast CPU learning, with the reasoning next to
+them.
+"""
+
+from __future__ import annotations
+
+import copy
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from agents.api import AgentContext, opt
+from agents.heads import QHead, categorical_projection, noisy_layers, reset_noise
+from agents.nets import MLP, make_encoder
+from agents.replay import Batch, Replay
+from envs.base import EnvSpec, EnvStep
+
+
+@dataclass(frozen=True)
+class Config:
+    # Vectorisation and reuse
+    num_envs: int = opt(8, "parallel environments (the paper: 1)")
+    batch_size: int = opt(32, "transitions per gradient step (Hessel et al. 2018)")
+    replay_ratio: float = opt(8.0, "gradient samples per env step; paper: 32 every 4 steps = 8")
+    learning_starts: int = opt(20_000, "env steps before learning (80K frames, Hessel et al. 2018)")
+    buffer_size: int = opt(100_000, "replay capacity in transitions (paper 1M; CPU default, see docs)")
+    # Optimisation
+    lr: float = opt(6.25e-5, "Adam step size (Hessel et al. 2018)")
+    adam_eps: float = opt(1.5e-4, "Adam epsilon (Hessel et al. 2018)")
+    max_grad_norm: float = opt(10.0, "global gradient-norm clip, 0 = off (CleanRL rainbow_atari)")
+    gamma: float = opt(0.99, "discount per env step")
+    target_update: int = opt(2_000, "gradient steps between target-net copies (32K frames in the paper)")
+    # Components (each an ablation switch)
+    double: bool = opt(True, "double Q-learning target (van Hasselt et al. 2016)")
+    dueling: bool = opt(True, "dueling value/advantage streams (Wang et al. 2016)")
+    per: bool = opt(True, "prioritised replay (Schaul et al. 2016); off = uniform")
+    n_step: int = opt(3, "multi-step return length; 1 = one-step (Hessel et al. 2018: 3)")
+    distributional: bool = opt(True, "C51 distributional head (Bellemare et al. 2017); off = scalar Q")
+    noisy: bool = opt(True, "noisy linear layers (Fortunato et al. 2018); off = epsilon-greedy")
+    # Component settings
+    per_alpha: float = opt(0.5, "priority exponent alpha (Hessel et al. 2018)")
+    per_beta0: float = opt(0.4, "initial importance-sampling exponent, annealed to 1 (Hessel et al. 2018)")
+    beta_anneal_steps: int = opt(0, "env steps to anneal beta over; 0 = the run's budget (else 50M)")
+    atoms: int = opt(51, "C51 support size (Bellemare et al. 2017)")
+    v_min: float = opt(-10.0, "lowest return on the C51 support")
+    v_max: float = opt(10.0, "highest return on the C51 support")
+    q_loss: str = opt("huber", "loss without C51: huber (Mnih et al. 2015) or mse")
+    noisy_sigma0: float = opt(0.5, "initial noise scale sigma0 (Fortunato et al. 2018, factorised)")
+    eps_start: float = opt(1.0, "epsilon-greedy start (only with --no-noisy)")
+    eps_end: float = opt(0.01, "epsilon-greedy floor (only with --no-noisy)")
+    eps_decay_steps: int = opt(62_500, "env steps of linear epsilon decay (250K frames)")
+    eval_epsilon: float = opt(0.001, "epsilon when acting with explore=False (Dopamine)")
+    # Rewards as the learner sees them (the env never clips)
+    reward_clip: float = opt(1.0, "clip rewards to [-c, c] before storing; 0 = off (Mnih et al. 2015)")
+    reward_scale: float = opt(1.0, "multiply (clipped) rewards by this before storing")
+    # Network
+    encoder: str = opt("auto", "torso: auto (mlp for vectors, nature for images), mlp, nature, impala")
+    hidden: int = opt(512, "MLP torso width")
+    mlp_layers: int = opt(2, "MLP torso depth")
+    head_hidden: int = opt(512, "hidden units in each value/advantage stream; 0 = one layer")
+
+    def __post_init__(self):
+        if self.n_step < 1:
+            raise ValueError("n_step must be >= 1")
+        if self.q_loss not in ("huber", "mse"):
+            raise ValueError(f"q_loss must be huber or mse, not {self.q_loss!r}")
+        if self.distributional and not (self.atoms >= 2 and self.v_max > self.v_min):
+            raise ValueError("C51 needs atoms >= 2 and v_max > v_min")
+
+
+PRESETS: dict[str, dict[str, Any]] = {
+    # The paper's Atari agent on 8 envs: replay ratio 8 as in the paper -> 2 updates per vector step.
+    "ale": {"num_envs": 8},
+    # PufferLib Ocean (breakout: 118 floats, bricks worth 1-7 points). 64 envs and batch 256 at
+    # replay ratio 4 give one update per vector step, which keeps the learner's Python overhead
+    # amortised over 64 env steps on CPU. lr 5e-4 (8x the paper's, as MLP Q-learners on vector
+    # states commonly use: the paper's value is tuned for conv nets on pixels) and a shorter target
+    # period (1K updates = 64K env steps) make it learn within minutes. Rewards are clipped to 1
+    # as for Atari: each brick counts, and the C51 support [-10, 10] covers the discounted returns.
+    "puffer": {
+        "num_envs": 64, "batch_size": 256, "replay_ratio": 4.0, "learning_starts": 10_000,
+        "buffer_size": 1_000_000, "lr": 5e-4, "target_update": 1_000,
+        "hidden": 128, "head_hidden": 0, "beta_anneal_steps": 5_000_000,
+    },  # fmt: skip
+    # gymnasium classic control, tuned on CartPole (+1 per step, 500-step cap): a small net (64 units),
+    # a small recent buffer, 4 envs, a replay ratio of 8 (the paper's), lr 1e-3 and a target copy
+    # every 100 updates (as in small-control Rainbow/DQN setups, e.g. Curt-Park's
+    # rainbow-is-all-you-need); rewards scaled by 0.1 so discounted returns (<= 10 at gamma 0.99)
+    # sit inside the C51 support [-10, 10] without clipping. Solves (mean >= 475) in ~70-150K steps.
+    "gym": {
+        "num_envs": 4, "batch_size": 64, "replay_ratio": 8.0, "learning_starts": 1_000,
+        "buffer_size": 50_000, "lr": 1e-3, "target_update": 100, "reward_clip": 0.0,
+        "reward_scale": 0.1, "hidden": 64, "head_hidden": 64, "eps_decay_steps": 20_000,
+    },  # fmt: skip
+}
+
+
+class _ConvTorso(nn.Module):
+    """The convolutional stack of a :mod:`agents.nets` image encoder without its FC layer: in
+    Rainbow the 512-unit hidden layers belong to the (noisy) dueling streams."""
+
+    def __init__(self, encoder: nn.Module):
+        super().__init__()
+        self.conv = encoder.conv
+        self.out_dim = encoder.fc[0].in_features
+
+    def forward(self, obs: torch.Tensor) -> torch.Tensor:
+        # Frames stay uint8 in replay; scale here, as agents.nets encoders do.
+        x = obs.float() / 255.0 if obs.dtype == torch.uint8 else obs.float()
+        return self.conv(x)  # [B, out_dim]
+
+
+class QNetwork(nn.Module):
+    """obs [B, *obs_shape] -> [B, A, K]: C51 logits (K = atoms) or Q-values (K = 1)."""
+
+    def __init__(self, spec: EnvSpec, cfg: Config):
+        super().__init__()
+        kind = cfg.encoder
+        if kind == "auto":
+            kind = "mlp" if len(spec.obs_shape) == 1 else "nature"
+        if kind == "mlp":
+            self.torso: nn.Module = MLP(spec.obs_shape, cfg.hidden, cfg.mlp_layers)
+        else:
+            self.torso = _ConvTorso(make_encoder(kind, spec.obs_shape, cfg.hidden))
+        atoms = cfg.atoms if cfg.distributional else 1
+        head = dict(hidden=cfg.head_hidden, dueling=cfg.dueling, noisy=cfg.noisy, sigma0=cfg.noisy_sigma0)
+        self.head = QHead(self.torso.out_dim, spec.num_actions, atoms, **head)
+
+    def forward(self, obs: torch.Tensor) -> torch.Tensor:
+        return self.head(self.torso(obs))  # [B, A, K]
+
+
+def q_values(out: torch.Tensor, support: torch.Tensor | None) -> torch.Tensor:
+    """Network output [B, A, K] -> Q [B, A]: the mean of the C51 distribution, or the scalar."""
+    if support is None:
+        return out.squeeze(-1)
+    return (out.softmax(-1) * support).sum(-1)
+
+
+def bootstrap_actions(
+    next_online: torch.Tensor | None, next_target: torch.Tensor, support: torch.Tensor | None
+) -> torch.Tensor:
+    """a* [B] for the target: argmax of the online net's Q(s') when double Q-learning
+    (``next_online`` given; van Hasselt et al. 2016), else of the target net's."""
+    return q_values(next_online if next_online is not None else next_target, support).argmax(-1)
+
+
+def c51_loss(
+    logits: torch.Tensor,
+    next_target: torch.Tensor,
+    a_star: torch.Tensor,
+    reward: torch.Tensor,
+    discount: torch.Tensor,
+    support: torch.Tensor,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """C51 loss for the taken actions' ``logits`` [B, K] against the target net's logits at s'
+    ``next_target`` [B, A, K] and bootstrap actions ``a_star`` [B]. Returns per-sample
+    cross-entropy to the projected target [B] (Bellemare et al. 2017), the KL divergence used as
+    priority [B] (Hessel et al. 2018: same gradient, zero when the prediction matches), and the
+    predicted Q of the taken action [B] (a diagnostic)."""
+    b = torch.arange(logits.shape[0], device=logits.device)
+    with torch.no_grad():
+        p_next = next_target[b, a_star].softmax(-1)  # [B, K]
+        m = categorical_projection(p_next, reward, discount, support)  # [B, K]
+    logp = logits.log_softmax(-1)  # [B, K]
+    ce = -(m * logp).sum(-1)  # [B]
+    kl = (torch.special.xlogy(m, m).sum(-1) + ce).detach()  # [B] = CE - H(m) >= 0
+    q = (logp.detach().exp() * support).sum(-1)  # [B]
+    return ce, kl, q
+
+
+def q_loss(
+    q: torch.Tensor,
+    next_target: torch.Tensor,
+    a_star: torch.Tensor,
+    reward: torch.Tensor,
+    discount: torch.Tensor,
+    kind: str,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Scalar TD loss for the taken actions' ``q`` [B] against the target net's Q at s'
+    ``next_target`` [B, A] and bootstrap actions ``a_star`` [B]. Returns per-sample loss [B],
+    ``|TD error|`` [B] (the priority) and ``q`` detached [B]."""
+    b = torch.arange(q.shape[0], device=q.device)
+    target = (reward + discount * next_target[b, a_star]).detach()  # [B]
+    loss = F.smooth_l1_loss(q, target, reduction="none") if kind == "huber" else 0.5 * (q - target) ** 2
+    return loss, (q - target).abs().detach(), q.detach()
+
+
+class Agent:
+    def __init__(self, cfg: Config, ctx: AgentContext):
+        self.cfg, self.spec, self.device, self.n = cfg, ctx.spec, ctx.device, ctx.num_envs
+        self.online = QNetwork(ctx.spec, cfg).to(self.device)
+        self.target = copy.deepcopy(self.online).requires_grad_(False)
+        self._noisy_online, self._noisy_target = noisy_layers(self.online), noisy_layers(self.target)
+        # fused: one kernel for all parameters instead of a Python loop over them (CPU and CUDA).
+        self.opt = torch.optim.Adam(self.online.parameters(), lr=cfg.lr, eps=cfg.adam_eps, fused=True)
+        # [K] C51 atoms z_i; None for the scalar head
+        support = torch.linspace(cfg.v_min, cfg.v_max, cfg.atoms, device=self.device)
+        self.support = support if cfg.distributional else None
+        self.replay = Replay(
+            cfg.buffer_size, self.n, ctx.spec.obs_shape, ctx.spec.obs_dtype, n_step=cfg.n_step,
+            gamma=cfg.gamma, prioritized=cfg.per, alpha=cfg.per_alpha, device=self.device,
+        )  # fmt: skip
+        self.beta_steps = cfg.beta_anneal_steps or ctx.total_env_steps or 50_000_000  # paper: 200M frames
+        self.updates_per_step = self.n * cfg.replay_ratio / cfg.batch_size  # gradient steps of credit
+        self.env_steps = 0
+        self.grad_steps = 0
+        self.credit = 0.0
+        self._action: torch.Tensor | None = None
+
+    # --- schedules (functions of env steps) ---------------------------------------------------
+    def epsilon(self) -> float:
+        if self.cfg.noisy:
+            return 0.0
+        frac = min(1.0, self.env_steps / max(1, self.cfg.eps_decay_steps))
+        return self.cfg.eps_start + frac * (self.cfg.eps_end - self.cfg.eps_start)
+
+    def beta(self) -> float:
+        frac = min(1.0, self.env_steps / self.beta_steps)
+        return self.cfg.per_beta0 + frac * (1.0 - self.cfg.per_beta0)
+
+    # --- acting ---------------------------------------------------------------------------------
+    def _greedy_or_random(self, obs: torch.Tensor, eps: float) -> torch.Tensor:
+        q = q_values(self.online(obs), self.support)  # [N, A]
+        action = q.argmax(-1)  # [N]
+        if eps > 0:
+            n = obs.shape[0]
+            explore = torch.rand(n, device=self.device) < eps  # [N]
+            random = torch.randint(self.spec.num_actions, (n,), device=self.device)  # [N]
+            action = torch.where(explore, random, action)
+        return action
+
+    def act(self, obs: torch.Tensor, explore: bool = True) -> torch.Tensor:
+        if not explore:
+            self.online.eval()  # noisy layers use their mean weights
+            with torch.inference_mode():
+                action = self._greedy_or_random(obs, self.cfg.eval_epsilon)
+            self.online.train()
+            return action
+        reset_noise(self._noisy_online)
+        with torch.inference_mode():
+            action = self._greedy_or_random(obs, self.epsilon())
+        self.replay.store_obs(obs)
+        self._action = action
+        return action
+
+    def observe(self, step: EnvStep) -> None:
+        reward = step.reward
+        if self.cfg.reward_clip > 0:
+            reward = reward.clamp(-self.cfg.reward_clip, self.cfg.reward_clip)
+        reward = reward * self.cfg.reward_scale
+        self.replay.store_outcome(self._action, reward, step.terminated, step.truncated, step.final_obs)
+        self.env_steps += self.n
+        if self.env_steps >= self.cfg.learning_starts and self.replay.num_samplable > 0:
+            self.credit += self.updates_per_step
+
+    # --- learning -------------------------------------------------------------------------------
+    def bootstrap(self, next_obs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Target-net output at s' [B, A, K] and the bootstrap action a* [B]: chosen by the
+        online net under double Q-learning, by the target net otherwise. Uses the current noise."""
+        with torch.no_grad():
+            next_target = self.target(next_obs)  # [B, A, K]
+            next_online = self.online(next_obs) if self.cfg.double else None  # [B, A, K]
+            return next_target, bootstrap_actions(next_online, next_target, self.support)
+
+    def loss(self, batch: Batch) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(importance-weighted mean loss, per-sample priority [B], predicted Q of the taken
+        actions [B])."""
+        out = self.online(batch.obs)  # [B, A, K]
+        next_target, a_star = self.bootstrap(batch.next_obs)
+        taken = out[torch.arange(out.shape[0], device=self.device), batch.action]  # [B, K]
+        if self.support is not None:
+            per_sample, priority, q = c51_loss(
+                taken, next_target, a_star, batch.reward, batch.discount, self.support
+            )
+        else:
+            q_taken, q_next = taken.squeeze(-1), next_target.squeeze(-1)  # [B], [B, A]
+            kind = self.cfg.q_loss
+            per_sample, priority, q = q_loss(q_taken, q_next, a_star, batch.reward, batch.discount, kind)
+        return (batch.weight * per_sample).mean(), priority, q  # IS-weighted (Schaul et al. 2016)
+
+    def _learn_step(self, beta: float) -> tuple[torch.Tensor, torch.Tensor]:
+        cfg = self.cfg
+        batch = self.replay.sample(cfg.batch_size, beta)
+        reset_noise(self._noisy_online)  # one noise sample per net per update (Fortunato et al. 2018)
+        reset_noise(self._noisy_target)
+        loss, priority, q = self.loss(batch)
+        self.opt.zero_grad(set_to_none=True)
+        loss.backward()
+        if cfg.max_grad_norm > 0:
+            nn.utils.clip_grad_norm_(self.online.parameters(), cfg.max_grad_norm, foreach=True)
+        self.opt.step()
+        self.replay.update_priorities(batch.idx, priority)
+        self.grad_steps += 1
+        if self.grad_steps % cfg.target_update == 0:
+            self.target.load_state_dict(self.online.state_dict())
+        return loss.detach(), q.mean()
+
+    def update(self) -> dict[str, Any] | None:
+        steps = int(self.credit)
+        if steps == 0:
+            return None
+        self.credit -= steps
+        beta = self.beta()
+        loss = q_mean = torch.zeros((), device=self.device)
+        for _ in range(steps):
+            step_loss, step_q = self._learn_step(beta)
+            loss, q_mean = loss + step_loss, q_mean + step_q
+        metrics = {
+            "grad_steps": steps,
+            "grad_samples": steps * self.cfg.batch_size,
+            "loss": float(loss) / steps,  # one host sync per update() call
+            "q_mean": float(q_mean) / steps,  # predicted Q of the sampled actions
+            "beta": beta if self.cfg.per else 0.0,
+            "epsilon": self.epsilon(),
+        }
+        return metrics
+
+    # --- checkpointing --------------------------------------------------------------------------
+    def state_dict(self) -> dict[str, Any]:
+        return {
+            "online": self.online.state_dict(),
+            "target": self.target.state_dict(),
+            "opt": self.opt.state_dict(),
+            "replay": self.replay.state_dict(),
+            "counters": {"env_steps": self.env_steps, "grad_steps": self.grad_steps, "credit": self.credit},
+        }
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.online.load_state_dict(state["online"])
+        self.target.load_state_dict(state["target"])
+        # Optimizer.load_state_dict keeps the given tensors when dtype and device match: copy them
+        # so a state taken from a live agent is not shared with it.
+        self.opt.load_state_dict(copy.deepcopy(state["opt"]))
+        self.replay.load_state_dict(state["replay"])
+        c = state["counters"]
+        self.env_steps, self.grad_steps = int(c["env_steps"]), int(c["grad_steps"])
+        self.credit = float(c["credit"])

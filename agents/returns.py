@@ -1,0 +1,61 @@
+"""Return estimators as pure tensor functions, shared by agents (STYLE.md principle 4).
+
+Every function takes time-major ``[T, N]`` tensors (T steps of N parallel environments), returns
+new tensors, and holds no state, so tests can check them by hand and ``torch.compile`` can wrap
+them. Conventions, for step ``t`` (the agent acted on ``s_t`` and received ``r_t``):
+
+* ``rewards[t]``: ``r_t``;
+* ``values[t]``: ``V(s_t)``;
+* ``next_values[t]``: ``V`` of the true next observation: ``V(s_{t+1})`` inside an episode, the
+  value of ``final_obs`` where the step was truncated, anything (it is masked) where it was
+  terminated, and the bootstrap value ``V(s_T)`` at ``t = T-1``;
+* ``terminated[t]``: the episode ended in a true terminal state: no bootstrap;
+* ``truncated[t]``: the episode was cut (time limit): bootstrap from ``next_values[t]`` but let
+  no credit flow across the cut.
+
+Keeping ``next_values`` an explicit input (rather than shifting ``values``) is what makes
+truncation exact: the cut step bootstraps from ``V(final_obs)`` while the next row of ``values``
+already belongs to the new episode.
+"""
+
+from __future__ import annotations
+
+import torch
+
+
+def gae(
+    rewards: torch.Tensor,
+    values: torch.Tensor,
+    next_values: torch.Tensor,
+    terminated: torch.Tensor,
+    truncated: torch.Tensor,
+    gamma: float,
+    lam: float,
+    rho: torch.Tensor | None = None,
+    c: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """Generalised advantage estimates ``[T, N]`` (Schulman et al. 2016, arXiv:1506.02438).
+
+    ``delta_t = r_t + gamma * (1 - terminated_t) * next_values_t - values_t`` and
+    ``A_t = delta_t + gamma * lam * (1 - done_t) * A_{t+1}`` with ``done = terminated | truncated``.
+
+    ``rho`` and ``c`` (``[T, N]``, already clipped: ``min(pi/mu, rho_bar)``, ``min(pi/mu, c_bar)``)
+    turn this into V-trace with a lambda (Espeholt et al. 2018, arXiv:1802.01561, eq. 1, in the
+    recursive form PufferLib 3.0's ``compute_puff_advantage`` uses):
+    ``A_t = rho_t * delta_t + gamma * lam * c_t * (1 - done_t) * A_{t+1}``; then
+    ``A_t + values_t`` is the V-trace value target. ``rho = c = 1`` gives plain GAE.
+    """
+    not_term = 1.0 - terminated.float()  # [T, N]
+    not_done = 1.0 - (terminated | truncated).float()  # [T, N]
+    deltas = rewards + gamma * not_term * next_values - values  # [T, N]
+    decay = gamma * lam * not_done  # [T, N]
+    if rho is not None:
+        deltas = rho * deltas
+    if c is not None:
+        decay = decay * c
+    adv = torch.empty_like(deltas)  # [T, N]
+    last = torch.zeros_like(deltas[0])  # [N]
+    for t in range(deltas.shape[0] - 1, -1, -1):
+        last = deltas[t] + decay[t] * last
+        adv[t] = last
+    return adv
