@@ -117,7 +117,7 @@ class Config:
     munchausen_l0: float = opt(-1.0, "lower clip of tau * log pi (Vieillard et al. 2020)")
     per_alpha: float = opt(0.2, "priority exponent alpha (Clark et al. 2024)")
     per_beta0: float = opt(0.45, "initial importance-sampling exponent, annealed to 1 (Clark et al. 2024)")
-    beta_anneal_steps: int = opt(0, "env steps to anneal beta over; 0 = the run's budget (else 50M)")
+    beta_anneal_steps: int = opt(50_000_000, "env steps to anneal beta over when the run has no step budget")
     atoms: int = opt(51, "C51 support size, only with --no-iqn (Bellemare et al. 2017)")
     v_min: float = opt(-10.0, "lowest return on the C51 support (--no-iqn)")
     v_max: float = opt(10.0, "highest return on the C51 support (--no-iqn)")
@@ -222,9 +222,9 @@ class QNetwork(nn.Module):
         elif cfg.impala:
             pool = cfg.pool_size if cfg.maxpool else 0
             kw = {"width": cfg.impala_width, "pool": pool, "spectral_norm": cfg.spectral_norm}
-            self.torso = _ConvTorso(make_encoder("impala", spec.obs_shape, cfg.head_hidden, **kw))
+            self.torso = _ConvTorso(make_encoder("impala", spec.obs_shape, cfg.hidden, **kw))
         else:
-            self.torso = _ConvTorso(make_encoder("nature", spec.obs_shape, cfg.head_hidden))
+            self.torso = _ConvTorso(make_encoder("nature", spec.obs_shape, cfg.hidden))
         d, a = self.torso.out_dim, spec.num_actions
         if cfg.iqn:
             self.head: nn.Module = QuantileHead(
@@ -357,7 +357,9 @@ class Agent:
             cfg.buffer_size, self.n, ctx.spec.obs_shape, ctx.spec.obs_dtype, n_step=cfg.n_step,
             gamma=cfg.gamma, prioritized=cfg.per, alpha=cfg.per_alpha, device=self.device,
         )  # fmt: skip
-        self.beta_steps = cfg.beta_anneal_steps or ctx.total_env_steps or 50_000_000  # paper: 200M frames
+        # beta reaches 1 at the end of the run's env-step budget; time-limited runs (no budget) use
+        # beta_anneal_steps (default 50M = the paper's 200M frames).
+        self.beta_steps = ctx.total_env_steps or cfg.beta_anneal_steps
         self.updates_per_step = self.n * cfg.replay_ratio / cfg.batch_size  # gradient steps of credit
         self.env_steps = 0
         self.grad_steps = 0

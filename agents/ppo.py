@@ -97,6 +97,7 @@ class Config:
     max_grad_norm: float = opt(0.5, "global gradient-norm clip")
     norm_adv: bool = opt(True, "normalise advantages per minibatch")
     reward_clip: float = opt(1.0, "clamp rewards to [-c, c] in the learner; 0 = raw rewards")
+    norm_obs: bool = opt(False, "normalise float observations by running mean / std (updated per rollout)")
     encoder: str = opt("auto", "auto | mlp | nature | impala (auto: MLP for vectors, NatureCNN for images)")
     hidden: int = opt(512, "encoder output width (NatureCNN's 512 FC; MLP hidden width)")
     mlp_layers: int = opt(2, "hidden layers of the MLP encoder")
@@ -236,11 +237,38 @@ def prioritised_segments(
 # Network
 
 
+class RunningNorm(nn.Module):
+    """Observation normalisation ``clip((x - mean) / sqrt(var + 1e-8), -10, 10)`` with running
+    statistics (Chan et al.'s parallel update, as SB3 / CleanRL's ``NormalizeObservation``).
+    The statistics are buffers, so they travel with the network's state_dict."""
+
+    def __init__(self, shape: tuple[int, ...]):
+        super().__init__()
+        self.register_buffer("mean", torch.zeros(shape))
+        self.register_buffer("var", torch.ones(shape))
+        self.register_buffer("count", torch.tensor(1e-4))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return ((x - self.mean) / torch.sqrt(self.var + 1e-8)).clamp(-10.0, 10.0)
+
+    @torch.no_grad()
+    def update(self, x: torch.Tensor) -> None:
+        """Merge the statistics of a batch ``x [B, *shape]``."""
+        n, mean, var = x.shape[0], x.mean(0), x.var(0, unbiased=False)
+        total = self.count + n
+        delta = mean - self.mean
+        self.mean += delta * n / total
+        self.var.copy_((self.var * self.count + var * n + delta**2 * self.count * n / total) / total)
+        self.count.copy_(total)
+
+
 class ActorCritic(nn.Module):
-    """Encoder -> (optional LSTM) -> policy logits and value, one torso for both heads."""
+    """(Optional observation normalisation) -> encoder -> (optional LSTM) -> policy logits and
+    value, one torso for both heads."""
 
     def __init__(self, obs_shape: tuple[int, ...], num_actions: int, cfg: Config):
         super().__init__()
+        self.norm = RunningNorm(obs_shape) if cfg.norm_obs else None
         kind = cfg.encoder if cfg.encoder != "auto" else ("mlp" if len(obs_shape) == 1 else "nature")
         kw = {"layers": cfg.mlp_layers} if kind == "mlp" else {}
         self.encoder = make_encoder(kind, obs_shape, cfg.hidden, **kw)
@@ -259,7 +287,7 @@ class ActorCritic(nn.Module):
 
     def step(self, obs: torch.Tensor, state: tuple[torch.Tensor, torch.Tensor] | None):
         """One step for ``obs [N, *]``: logits [N, A], value [N], next LSTM state (or None)."""
-        x = self.encoder(obs)  # [N, F]
+        x = self.encoder(obs if self.norm is None else self.norm(obs))  # [N, F]
         if self.lstm is not None:
             state = self.lstm(x, state)
             x = state[0]  # [N, H]
@@ -271,7 +299,8 @@ class ActorCritic(nn.Module):
         """``obs [L, B, *]`` from ``state``, zeroing the LSTM state where ``starts [L, B]`` (a new
         episode begins): logits [L, B, A], values [L, B], final state."""
         L, B = obs.shape[:2]
-        x = self.encoder(obs.flatten(0, 1))  # [L*B, F]
+        obs = obs.flatten(0, 1)  # [L*B, *]
+        x = self.encoder(obs if self.norm is None else self.norm(obs))  # [L*B, F]
         if self.lstm is not None:
             x, (h, c) = x.view(L, B, -1), state
             hs = []
@@ -397,6 +426,8 @@ class Agent:
             g["lr"] = lr
         targets = self._targets(fresh)
         stats = self._train(targets, progress)
+        if self.net.norm is not None:  # after training, so each rollout is acted and trained on one normaliser
+            self.net.norm.update(self.obs[:, self._cols(fresh)].flatten(0, 1).float())
         return {**stats, "lr": lr}
 
     @torch.no_grad()

@@ -71,7 +71,7 @@ class RunConfig:
     eval_every: int | None = None  # env steps between evaluations (None: only at the end if eval_episodes)
     eval_episodes: int = 0  # full-game episodes per evaluation (0: no evaluation)
     log_every: int | None = None  # env steps between metric rows (None: budget/200, at least 10K)
-    checkpoint_every_s: float = 60.0  # wall seconds between checkpoints
+    checkpoint_every_s: float = 120.0  # wall seconds between checkpoints (replay buffers make them large)
     device: str = "auto"  # "auto" | "cpu" | "cuda" | "cuda:1"
     threads: int | None = None  # torch intra-op threads (None: every core this process may use)
     protocol: str | None = None  # ALE protocol preset (machado | dqn); None: the default

@@ -108,7 +108,8 @@ def _line(r: dict) -> str:
     tot = r["env_s"] + r["act_s"] + r["learn_s"]
     pct = {k: 100 * r[f"{k}_s"] / tot if tot else 0 for k in ("env", "act", "learn")}
     warn = "" if r["learning_started"] else "  (learning never started: whole run measured)"
-    return (f"{r['agent']} {r['game']} num_envs={r['num_envs']} {' '.join(f'{k}={v}' for k, v in r['overrides'].items())}\n"
+    opts = " ".join(f"{k}={v}" for k, v in r["overrides"].items() if k != "num_envs")
+    return (f"{r['agent']} {r['game']} num_envs={r['num_envs']} {opts}\n"
             f"  {r['sps']:,.0f} env_steps/s steady (from env_steps {r['steady_from_env_steps']:,}, {r['window_s']:.1f} s)"
             f"{warn}\n  env {r['env_s']:.1f}s ({pct['env']:.0f}%)  act {r['act_s']:.1f}s ({pct['act']:.0f}%)  "
             f"learn {r['learn_s']:.1f}s ({pct['learn']:.0f}%)\n"

@@ -19,7 +19,7 @@ def add_run_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--eval-every", default=None, help="env steps between greedy evaluations (default: only at the end)")
     p.add_argument("--eval-episodes", type=int, default=0, help="full-game episodes per evaluation (default 0: none)")
     p.add_argument("--log-every", default=None, help="env steps between metric rows (default budget/200, >= 10K)")
-    p.add_argument("--checkpoint-every", default="60s", help="wall clock between checkpoints (default 60s)")
+    p.add_argument("--checkpoint-every", default="2m", help="wall clock between checkpoints (default 2m)")
     p.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N (default auto)")
     p.add_argument("--threads", type=int, default=None, help="torch/ALE threads (default: all cores allowed)")
     p.add_argument("--protocol", default=None, choices=["machado", "dqn"], help="ALE protocol preset (default machado)")

@@ -107,6 +107,19 @@ def test_prioritised_sampling_frequencies_follow_priorities():
     torch.testing.assert_close(counts / 4000, torch.tensor([0.1, 0.3, 0.0, 0.6]), atol=0.025, rtol=0)
 
 
+def test_running_norm_matches_batch_statistics():
+    torch.manual_seed(3)
+    norm = ppo.RunningNorm((2,))
+    chunks = [torch.randn(n, 2) * torch.tensor([3.0, 0.5]) + torch.tensor([1.0, -2.0]) for n in (5, 17, 40)]
+    for c in chunks:
+        norm.update(c)
+    x = torch.cat(chunks)
+    torch.testing.assert_close(norm.mean, x.mean(0), atol=1e-4, rtol=1e-4)  # up to the 1e-4 prior count
+    torch.testing.assert_close(norm.var, x.var(0, unbiased=False), atol=1e-3, rtol=1e-3)
+    torch.testing.assert_close(norm(x[:3]), ((x[:3] - x.mean(0)) / x.std(0, unbiased=False)), atol=1e-3, rtol=1e-3)
+    assert norm(torch.full((1, 2), 1e6)).max() == 10.0  # clipped
+
+
 def test_gumbel_max_sampling_matches_softmax():
     torch.manual_seed(2)
     logits = torch.log(torch.tensor([0.2, 0.5, 0.3])).expand(20_000, 3)

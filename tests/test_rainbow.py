@@ -10,7 +10,7 @@ import torch
 
 from agents import rainbow
 from agents.api import AgentContext
-from agents.heads import NoisyLinear, QHead, categorical_projection
+from agents.heads import NoisyLinear, QHead, categorical_projection, reset_noise
 from envs.base import EnvSpec, EnvStep
 
 
@@ -171,8 +171,6 @@ def test_noisy_switch():
     # Noise changes the net between acting steps; evaluation uses the noise-free mean weights.
     obs = torch.randn(64, 4)
     q1 = noisy.online(obs)
-    from agents.heads import reset_noise
-
     reset_noise(noisy.online)
     assert not torch.allclose(q1, noisy.online(obs))
     noisy.online.eval()

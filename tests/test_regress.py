@@ -66,7 +66,7 @@ def _run(base: Path, tmp: Path, *extra: str) -> tuple[int, dict]:
 
 
 def test_slowed_learner_fails_on_norm_sps(smoke_baseline, tmp_path):
-    code, res = _run(smoke_baseline, tmp_path, "--test-sleep-in-update", "2.0")
+    code, res = _run(smoke_baseline, tmp_path, "--test-sleep-in-update", "5.0")
     ch = res["agents"]["ppo"]["changes"]
     assert code == 1 and ch["norm_sps"]["regressed"] and ch["norm_sps"]["change"] < -0.2
     assert "regressed" in (tmp_path / "r.md").read_text()
