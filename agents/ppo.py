@@ -133,34 +133,36 @@ class Config:
 
 
 PRESETS: dict[str, dict[str, Any]] = {
-    # PufferLib 3.0 config/ocean/breakout.ini (tuned by its Protein sweep) over config/default.ini.
-    # Batch 1024 envs x 64 = 65536, minibatch 32768 -> 2 minibatches, 1 epoch. lr is ours (Adam,
-    # not Muon); hidden 128 as its policy, as an MLP (its LSTM: --lstm-hidden 128).
+    # PufferLib 3.0's tuned puffer_breakout (config/ocean/breakout.ini over config/default.ini),
+    # where it carries over to an Adam-trained MLP; the rest re-tuned on puffer_breakout (see the
+    # module docstring: with PufferLib's gamma/lambda/entropy, Muon's lr or raw observations, PPO
+    # settles on "always move to one wall", which scores ~6).
     "puffer": {
-        "num_envs": 1024,
-        "segment_length": 64,
-        "epochs": 1,
-        "minibatches": 2,
-        "lr": 3e-3,
-        "lr_schedule": "cosine",
-        "adam_beta1": 0.8946507418260217,
-        "adam_beta2": 0.9,
-        "adam_eps": 1e-4,
-        "gamma": 0.9997053654668936,
-        "gae_lambda": 0.747650023961198,
-        "clip_coef": 0.19696765958267629,
-        "vf_clip_coef": 2.178492167689251,
-        "ent_coef": 0.0005690816545012474,
-        "vf_coef": 1.6832989594296321,
-        "max_grad_norm": 2.2356112188495723,
-        "reward_clip": 1.0,
+        "num_envs": 1024,  # PufferLib: env.num_envs 1024
+        "segment_length": 64,  # PufferLib: bptt_horizon 64 -> batch 65536
+        "epochs": 1,  # PufferLib: update_epochs 1
+        "minibatches": 8,  # ours: 8192 per minibatch (PufferLib: 2 x 32768, enough for Muon)
+        "lr": 1e-2,  # ours, for Adam (PufferLib: 0.0445 for Muon)
+        "lr_schedule": "cosine",  # PufferLib: cosine annealing
+        "adam_beta1": 0.8946507418260217,  # PufferLib (its Muon's momentum pair)
+        "adam_beta2": 0.9,  # PufferLib
+        "adam_eps": 1e-4,  # PufferLib
+        "gamma": 0.99,  # ours (PufferLib: 0.9997)
+        "gae_lambda": 0.95,  # ours (PufferLib: 0.7477)
+        "clip_coef": 0.19696765958267629,  # PufferLib
+        "vf_clip_coef": 2.178492167689251,  # PufferLib
+        "ent_coef": 0.02,  # ours (PufferLib: 5.7e-4)
+        "vf_coef": 1.6832989594296321,  # PufferLib
+        "max_grad_norm": 2.2356112188495723,  # PufferLib
+        "reward_clip": 1.0,  # PufferLib's trainer: clamp(r, -1, 1)
+        "norm_obs": True,  # ours: ball velocities arrive as ~0.007, invisible to an MLP unscaled
         "encoder": "mlp",
-        "hidden": 128,
+        "hidden": 128,  # PufferLib: hidden_size 128 (its LSTM: --lstm-hidden 128)
         "mlp_layers": 2,
-        "prio_alpha": 0.98967001208896,
-        "prio_beta0": 0.09999999999999998,
-        "vtrace_rho_clip": 0.7876748061547312,
-        "vtrace_c_clip": 2.878171091654008,
+        "prio_alpha": 0.98967001208896,  # PufferLib
+        "prio_beta0": 0.09999999999999998,  # PufferLib
+        "vtrace_rho_clip": 0.7876748061547312,  # PufferLib (acts only with replay_factor > 1)
+        "vtrace_c_clip": 2.878171091654008,  # PufferLib
     },
     # rl-baselines3-zoo's tuned CartPole-v1 PPO (hyperparams/ppo.yml: 8 envs x 32 steps, 20 epochs
     # of one 256 minibatch, lr 1e-3 annealed, gamma 0.98, lambda 0.8, clip 0.2, no entropy bonus),

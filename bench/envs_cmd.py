@@ -16,14 +16,14 @@ import envs
 from bench.config import RunConfig, parse_duration
 from bench.errors import UserError
 
-DEFAULT_NUM_ENVS = {"puffer": 4096, "ale": 16, "gym": 8}
+DEFAULT_NUM_ENVS = {"puffer": 16384, "ale": 16, "gym": 8}
 
 
 def add_arguments(p: argparse.ArgumentParser, argv: list[str]) -> None:
     p.add_argument("--game", action="append", required=True,
                    help="game to measure (repeatable): breakout, puffer_breakout, gym:CartPole-v1")  # fmt: skip
     p.add_argument("--num-envs", type=int, default=None,
-                   help="parallel envs (default: puffer 4096, ale 16, gym 8)")  # fmt: skip
+                   help="parallel envs (default: puffer 16384, ale 16, gym 8)")  # fmt: skip
     p.add_argument("--seconds", default="10", help="seconds per measurement, raw and harness each (default 10)")
     p.add_argument("--threads", type=int, default=None, help="ALE/torch threads (default: all cores allowed)")
     p.add_argument("--json", action="store_true", help="print one JSON object per game instead of a table")
