@@ -275,6 +275,7 @@ def train(
     else:
         for log in logs.values():
             log.truncate(0)
+    logs["eval"].ensure_header()
     c = meter.counters
     tb = _tensorboard(rd.path) if run.tensorboard else None
     tracker = EpisodeTracker(n)

@@ -95,6 +95,11 @@ class CsvLog:
             raise UserError(f"{self.path}: last line is incomplete (truncated file?)")
         return header, len(lines) - 1
 
+    def ensure_header(self) -> None:
+        """Create the file with just its header (a run without evaluations still has eval.csv)."""
+        if self.columns is not None and not self.path.exists():
+            atomic_write_bytes(self.path, (",".join(self.columns) + "\n").encode())
+
     def write(self, row: dict[str, Any]) -> None:
         if self.columns is None:
             self.columns = list(row)
