@@ -269,7 +269,8 @@ class RunningNorm(nn.Module):
     @torch.no_grad()
     def update(self, x: torch.Tensor) -> None:
         """Merge the statistics of a batch ``x [B, *shape]``."""
-        n, mean, var = x.shape[0], x.mean(0), x.var(0, unbiased=False)
+        n, mean = x.shape[0], x.mean(0)
+        var = (x - mean).square().mean(0)  # two passes: faster than x.var(0) on CPU, as stable
         total = self.count + n
         delta = mean - self.mean
         self.mean += delta * n / total
@@ -441,8 +442,11 @@ class Agent:
             g["lr"] = lr
         targets = self._targets(fresh)
         stats = self._train(targets, progress)
-        if self.net.norm is not None:  # after training, so each rollout is acted and trained on one normaliser
-            self.net.norm.update(self.obs[:, self._cols(fresh)].flatten(0, 1).float())
+        if self.net.norm is not None:
+            # After training, so that a rollout is acted on and trained on with one normaliser; from
+            # ~8192 of its observations (every k-th step), as a column reduction over all is slow.
+            k = max(1, self.cfg.segment_length * self.n // 8192)
+            self.net.norm.update(self.obs[::k, self._cols(fresh)].flatten(0, 1).float())
         return {**stats, "lr": lr}
 
     @torch.no_grad()
@@ -467,10 +471,10 @@ class Agent:
 
         a = slice(0, Ma)
         values, logp_mu = self.values[:, a], self.logp[:, a]  # [T, Ma]
-        rewards = self.rewards[:, a]
+        rewards, bonus_mean = self.rewards[:, a], torch.zeros((), device=self.device)
         if cfg.munchausen_alpha > 0 and cfg.munchausen_mode == "behaviour":
             bonus = munchausen_bonus(logp_mu, cfg.munchausen_alpha, cfg.munchausen_tau, cfg.munchausen_l0)
-            rewards = rewards + bonus  # [T, Ma]
+            rewards, bonus_mean = rewards + bonus, bonus.mean()  # [T, Ma], []
         next_values = torch.cat([values[1:], last_values[None]])  # [T, Ma]
         next_values = torch.where(self.truncated[:, a], self.trunc_values[:, a], next_values)
         rho = c = None
@@ -481,14 +485,9 @@ class Agent:
             rho, c = ratio.clamp(max=cfg.vtrace_rho_clip), ratio.clamp(max=cfg.vtrace_c_clip)
         adv = gae(rewards, values, next_values, self.terminated[:, a], self.truncated[:, a],
                   cfg.gamma, cfg.gae_lambda, rho, c)  # fmt: skip
-        out = {"adv": adv, "returns": adv + values, "logp_old": logp_old, "starts": starts[:, a]}
-        out["bonus_mean"] = (
-            bonus.mean()
-            if cfg.munchausen_alpha > 0 and cfg.munchausen_mode == "behaviour"
-            else torch.zeros((), device=self.device)
-        )
-        out["rho_mean"] = rho.mean() if rho is not None else torch.ones((), device=self.device)
-        return out
+        rho_mean = rho.mean() if rho is not None else torch.ones((), device=self.device)
+        return {"adv": adv, "returns": adv + values, "logp_old": logp_old, "starts": starts[:, a],
+                "bonus_mean": bonus_mean, "rho_mean": rho_mean}  # fmt: skip
 
     def _minibatches(self, adv: torch.Tensor, beta: float):
         """Yield (rows, cols, importance weights [B] or None) per minibatch, to index ``[T, M]``

@@ -116,7 +116,9 @@ def test_running_norm_matches_batch_statistics():
     x = torch.cat(chunks)
     torch.testing.assert_close(norm.mean, x.mean(0), atol=1e-4, rtol=1e-4)  # up to the 1e-4 prior count
     torch.testing.assert_close(norm.var, x.var(0, unbiased=False), atol=1e-3, rtol=1e-3)
-    torch.testing.assert_close(norm(x[:3]), ((x[:3] - x.mean(0)) / x.std(0, unbiased=False)), atol=1e-3, rtol=1e-3)
+    torch.testing.assert_close(
+        norm(x[:3]), ((x[:3] - x.mean(0)) / x.std(0, unbiased=False)), atol=1e-3, rtol=1e-3
+    )
     assert norm(torch.full((1, 2), 1e6)).max() == 10.0  # clipped
 
 
