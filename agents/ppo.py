@@ -262,9 +262,10 @@ class RunningNorm(nn.Module):
         self.register_buffer("mean", torch.zeros(shape))
         self.register_buffer("var", torch.ones(shape))
         self.register_buffer("count", torch.tensor(1e-4))
+        self.register_buffer("scale", torch.ones(shape))  # 1 / sqrt(var + 1e-8), kept for act's speed
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return ((x - self.mean) / torch.sqrt(self.var + 1e-8)).clamp(-10.0, 10.0)
+        return ((x - self.mean) * self.scale).clamp(-10.0, 10.0)
 
     @torch.no_grad()
     def update(self, x: torch.Tensor) -> None:
@@ -276,6 +277,7 @@ class RunningNorm(nn.Module):
         self.mean += delta * n / total
         self.var.copy_((self.var * self.count + var * n + delta**2 * self.count * n / total) / total)
         self.count.copy_(total)
+        self.scale.copy_(torch.rsqrt(self.var + 1e-8))
 
 
 class ActorCritic(nn.Module):
