@@ -226,7 +226,8 @@ def shared_legend(fig, axes) -> None:
 
 @dataclass
 class SweepPoint:
-    label: str
+    label: str  # the setting's label (e.g. ppo-reuse4)
+    series: str  # the line it belongs to: the agent (one line per agent across its settings)
     x: float  # the swept value (median over the group's runs)
     x_lo: float  # range of the measured value in the group (reuse ratio varies slightly)
     x_hi: float
@@ -235,32 +236,36 @@ class SweepPoint:
 
 
 def draw_sweep(ax, points: list[SweepPoint], colors: dict[str, str], log_x: bool) -> None:
-    """Final score against a swept value: IQM with CI error bars, one line per label."""
-    for lab in sorted({p.label for p in points}):
-        pts = sorted((p for p in points if p.label == lab), key=lambda p: p.x)
-        xs = np.array([p.x for p in pts])
+    """Final score against a swept value: IQM with CI error bars, one line per agent."""
+    series = sorted({p.series for p in points})
+    for i, name in enumerate(series):
+        pts = sorted((p for p in points if p.series == name), key=lambda p: p.x)
+        # Agents swept at the same values would hide each other's error bars: dodge them a
+        # little sideways (a constant factor, so the dodge looks the same on a log axis).
+        dodge = 2.0 ** (0.04 * (i - (len(series) - 1) / 2)) if log_x else 1.0
+        xs = np.array([p.x for p in pts]) * dodge
         ys = np.array([p.y.point for p in pts])
         lo = np.array([p.y.point - p.y.lo if p.y.has_ci else 0.0 for p in pts])
         hi = np.array([p.y.hi - p.y.point if p.y.has_ci else 0.0 for p in pts])
-        xerr = np.array([[p.x - p.x_lo for p in pts], [p.x_hi - p.x for p in pts]])
-        ax.errorbar(xs, ys, yerr=[lo, hi], xerr=xerr, color=colors[lab], marker="o", ms=4, capsize=2.5,
-                    lw=1.2, label=lab)  # fmt: skip
-        for p in pts:
+        xerr = np.array([[p.x - p.x_lo for p in pts], [p.x_hi - p.x for p in pts]]) * dodge
+        ax.errorbar(xs, ys, yerr=[lo, hi], xerr=xerr, color=colors[name], marker="o", ms=4, capsize=2.5,
+                    lw=1.2, label=name)  # fmt: skip
+        for x, p in zip(xs, pts, strict=True):
             # n runs behind each point; a single run has no CI (hollow ring marks it).
-            ax.annotate(f"n={p.n}", (p.x, p.y.point), xytext=(4, 4), textcoords="offset points", fontsize=6.5,
-                        color=colors[lab])  # fmt: skip
+            ax.annotate(f"n={p.n}", (x, p.y.point), xytext=(4, 4), textcoords="offset points", fontsize=6.5,
+                        color=colors[name])  # fmt: skip
             if not p.y.has_ci:
-                ax.plot([p.x], [p.y.point], marker="o", ms=7, mfc="none", mec=colors[lab], lw=0)
+                ax.plot([x], [p.y.point], marker="o", ms=7, mfc="none", mec=colors[name], lw=0)
     if log_x:
         ax.set_xscale("log", base=2)
-        ax.set_xticks(sorted({_round_tick(p.x) for p in points}))
+        # Ticks at whole powers of two spanning the data: the measured values (0.91, 1.0, 3.7)
+        # sit close to the requested ones and would print on top of each other.
+        xs_all = [v for p in points for v in (p.x_lo, p.x_hi)]
+        lo_e, hi_e = math.floor(math.log2(min(xs_all)) + 0.2), math.ceil(math.log2(max(xs_all)) - 0.2)
+        ax.set_xticks([2.0**e for e in range(lo_e, max(hi_e, lo_e + 1) + 1)])
         ax.xaxis.set_major_formatter(matplotlib.ticker.FuncFormatter(lambda v, _: f"{v:g}"))
         ax.xaxis.set_minor_locator(matplotlib.ticker.NullLocator())
         ax.margins(x=0.12, y=0.15)
-
-
-def _round_tick(v: float) -> float:
-    return float(f"{v:.2g}")
 
 
 # Aggregates --------------------------------------------------------------------------------

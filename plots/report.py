@@ -439,7 +439,7 @@ def _sweeps(runs, scores, games, labels, agg_games, opts):
         for (lab, _), rs in sorted(groups.items()):
             xs = [value(r, kind) for r in rs]
             est = stats.iqm_estimate(matrix(rs), opts.reps, opts.seed)
-            pts.append(SweepPoint(lab, float(np.median(xs)), min(xs), max(xs), est, len(rs)))
+            pts.append(SweepPoint(lab, rs[0].agent, float(np.median(xs)), min(xs), max(xs), est, len(rs)))
         return pts
 
     out: dict[str, dict[str, list]] = {}
@@ -517,9 +517,11 @@ def draw(num: Numbers, fig_dir: Path) -> list[Path]:
                 num.figures_skipped[name] = num.sweep_skipped[kind]
                 continue
             panels = num.sweeps[kind]
+            # One line per agent across its sweep settings, in the agent's usual colour.
+            series_colors = F.colors_for([p.series for pts in panels.values() for p in pts])
             fig, axes = F.new_figure(len(panels))
             for ax, (title, pts) in zip(axes[0], panels.items(), strict=True):
-                F.draw_sweep(ax, pts, colors, log_x=True)
+                F.draw_sweep(ax, pts, series_colors, log_x=True)
                 ax.set_title(title)
                 ax.set_xlabel(xlabel)
                 F.draw_references(
@@ -830,7 +832,7 @@ def summary_json(num: Numbers, out: Path) -> dict:
         "sweeps": {
             k: {
                 t: [
-                    {"label": p.label, "x": p.x, "x_min": p.x_lo, "x_max": p.x_hi, "final": p.y, "runs": p.n}
+                    {"label": p.label, "agent": p.series, "x": p.x, "x_min": p.x_lo, "x_max": p.x_hi, "final": p.y, "runs": p.n}
                     for p in pts
                 ]
                 for t, pts in panels.items()
