@@ -14,8 +14,11 @@ and ``grad_samples`` (transitions consumed by those steps, counted once per use:
 256 seen in 4 epochs is 1024), plus any float diagnostics (``loss`` is checked for NaN/inf by the
 harness). The harness keeps the counters; it never asks what algorithm is running.
 
-Evaluation calls ``act(obs, explore=False)`` on a separate environment: that must not touch
-the agent's training state (storage, schedules).
+Evaluation calls ``act(obs, explore=False, first=mask)`` on a separate environment: that must
+not touch the agent's training state (storage, schedules). ``first`` [N] bool marks the envs
+whose ``obs`` begins a new episode (all of them on an evaluation's first step, then the envs that
+just finished one), so an agent with recurrent state resets it there; others ignore it. In
+training the same information arrives through ``observe`` (``step.done``).
 
 An agent never creates environments, seeds RNGs, reads the clock, writes files or logs.
 """
@@ -41,7 +44,7 @@ class AgentContext:
 
 
 class Agent(Protocol):
-    def act(self, obs: torch.Tensor, explore: bool = True) -> torch.Tensor: ...
+    def act(self, obs: torch.Tensor, explore: bool = True, first: torch.Tensor | None = None) -> torch.Tensor: ...
 
     def observe(self, step: EnvStep) -> None: ...
 

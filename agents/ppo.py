@@ -376,14 +376,15 @@ class Agent:
         return slice(slot * self.n, (slot + 1) * self.n)
 
     @torch.no_grad()
-    def act(self, obs: torch.Tensor, explore: bool = True) -> torch.Tensor:
+    def act(self, obs: torch.Tensor, explore: bool = True, first: torch.Tensor | None = None) -> torch.Tensor:
         if not explore:
-            # Eval never sees episode ends, so an eval LSTM state is only reset when the batch changes.
-            if self.net.lstm is not None and (
-                self.eval_state is None or self.eval_state[0].shape[0] != obs.shape[0]
-            ):
-                zeros = torch.zeros(obs.shape[0], self.cfg.lstm_hidden, device=self.device)
-                self.eval_state = (zeros, zeros.clone())
+            if self.net.lstm is not None:
+                if self.eval_state is None or self.eval_state[0].shape[0] != obs.shape[0]:
+                    zeros = torch.zeros(obs.shape[0], self.cfg.lstm_hidden, device=self.device)
+                    self.eval_state = (zeros, zeros.clone())
+                if first is not None:  # a new episode starts from a zero LSTM state, as in training
+                    keep = (~first.to(self.device)).float().unsqueeze(1)  # [N, 1]
+                    self.eval_state = (self.eval_state[0] * keep, self.eval_state[1] * keep)
             logits, _, self.eval_state = self.net.step(obs, self.eval_state)
             return logits.argmax(-1) if self.cfg.greedy_eval else sample(logits)
         t, cols = self.t, self._cols(self.slot)

@@ -305,7 +305,7 @@ class Agent:
             action = torch.where(explore, random, action)
         return action
 
-    def act(self, obs: torch.Tensor, explore: bool = True) -> torch.Tensor:
+    def act(self, obs: torch.Tensor, explore: bool = True, first: torch.Tensor | None = None) -> torch.Tensor:
         if not explore:
             self.online.eval()  # noisy layers use their mean weights
             with torch.inference_mode():

@@ -27,7 +27,7 @@ class Agent:
         self._block = torch.empty(0, self.n, dtype=torch.int64)
         self._i = 0
 
-    def act(self, obs: torch.Tensor, explore: bool = True) -> torch.Tensor:
+    def act(self, obs: torch.Tensor, explore: bool = True, first: torch.Tensor | None = None) -> torch.Tensor:
         # Draw 64 steps of actions at a time: one RNG call per step would cost more than the
         # whole harness overhead we measure against (bench envs).
         if self._i >= self._block.shape[0] or self._block.shape[1] != obs.shape[0]:

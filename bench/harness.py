@@ -157,9 +157,11 @@ def evaluate(agent, env, episodes: int, seed: int) -> list[float]:
     done_count = torch.zeros(n, dtype=torch.int64)
     returns: list[float] = []
     obs = env.reset(seed)
+    first = torch.ones(n, dtype=torch.bool)  # [N] envs whose obs starts an episode
     for _ in range(EVAL_MAX_VECTOR_STEPS):
-        step = env.step(agent.act(obs, explore=False))
-        done = step.done.cpu()
+        step = env.step(agent.act(obs, explore=False, first=first))
+        first = step.done.cpu()
+        done = first
         ret += step.reward.cpu()
         if done.any():
             for i in done.nonzero().squeeze(1).tolist():

@@ -248,8 +248,11 @@ def draw_sweep(ax, points: list[SweepPoint], colors: dict[str, str], log_x: bool
         lo = np.array([p.y.point - p.y.lo if p.y.has_ci else 0.0 for p in pts])
         hi = np.array([p.y.hi - p.y.point if p.y.has_ci else 0.0 for p in pts])
         xerr = np.array([[p.x - p.x_lo for p in pts], [p.x_hi - p.x for p in pts]]) * dodge
+        # A line only joins settings that differ in the swept value; several configs at one value
+        # (e.g. the horizon view of a reuse study) are separate points, not a vertical segment.
+        distinct = len({f"{x:.2g}" for x in xs}) == len(xs)
         ax.errorbar(xs, ys, yerr=[lo, hi], xerr=xerr, color=colors[name], marker="o", ms=4, capsize=2.5,
-                    lw=1.2, label=name)  # fmt: skip
+                    lw=1.2, ls="-" if distinct else "none", label=name)  # fmt: skip
         for x, p in zip(xs, pts, strict=True):
             # n runs behind each point; a single run has no CI (hollow ring marks it).
             ax.annotate(f"n={p.n}", (x, p.y.point), xytext=(4, 4), textcoords="offset points", fontsize=6.5,
@@ -262,10 +265,12 @@ def draw_sweep(ax, points: list[SweepPoint], colors: dict[str, str], log_x: bool
         # sit close to the requested ones and would print on top of each other.
         xs_all = [v for p in points for v in (p.x_lo, p.x_hi)]
         lo_e, hi_e = math.floor(math.log2(min(xs_all)) + 0.2), math.ceil(math.log2(max(xs_all)) - 0.2)
-        ax.set_xticks([2.0**e for e in range(lo_e, max(hi_e, lo_e + 1) + 1)])
+        ticks = [2.0**e for e in range(lo_e, max(hi_e, lo_e + 1) + 1)]
+        ax.set_xticks(ticks)
+        ax.set_xlim(min(ticks[0], min(xs_all)) / 1.3, max(ticks[-1], max(xs_all)) * 1.3)
         ax.xaxis.set_major_formatter(matplotlib.ticker.FuncFormatter(lambda v, _: f"{v:g}"))
         ax.xaxis.set_minor_locator(matplotlib.ticker.NullLocator())
-        ax.margins(x=0.12, y=0.15)
+        ax.margins(y=0.15)
 
 
 # Aggregates --------------------------------------------------------------------------------

@@ -519,7 +519,7 @@ def draw(num: Numbers, fig_dir: Path) -> list[Path]:
             panels = num.sweeps[kind]
             # One line per agent across its sweep settings, in the agent's usual colour.
             series_colors = F.colors_for([p.series for pts in panels.values() for p in pts])
-            fig, axes = F.new_figure(len(panels))
+            fig, axes = F.new_figure(len(panels), panel_w=4.2 if len(panels) == 1 else 3.2, panel_h=2.8)
             for ax, (title, pts) in zip(axes[0], panels.items(), strict=True):
                 F.draw_sweep(ax, pts, series_colors, log_x=True)
                 ax.set_title(title)
@@ -533,9 +533,10 @@ def draw(num: Numbers, fig_dir: Path) -> list[Path]:
             F.shared_legend(fig, axes[0])
             src = ", ".join(sorted({_source_text(num, g) for g in num.games}))
             extra = "; PPO: rollout segment length, Rainbow/BTR: n-step return" if kind == "horizon" else ""
-            fig.suptitle(f"final score vs {what}{mark}\neach point: IQM over the runs of one (agent, config), "
-                         f"95% CI; final score = {src}" + (f"\n{extra.lstrip('; ')}" if extra else ""),
-                         y=1.04 + 0.04 * bool(extra))  # fmt: skip
+            fig.suptitle(f"final score vs {what}{mark}", y=1.02)
+            fig.text(0.5, -0.16, f"each point: IQM over the runs of one (agent, config), 95% CI; final score = {src}"
+                     + (f"\n{extra.lstrip('; ')}" if extra else ""), ha="center", va="top", fontsize=7,
+                     color="0.35", style="italic")  # fmt: skip
             fig.tight_layout()
             written += F.save(fig, fig_dir / name, formats)
 

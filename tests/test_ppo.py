@@ -279,6 +279,21 @@ def test_lstm_training_unroll_reproduces_acting():
     assert agent.update() is not None
 
 
+def test_lstm_eval_state_resets_where_an_episode_starts():
+    # Evaluation marks new episodes with `first`: those envs start from a zero LSTM state (as in
+    # training), the others carry their state on.
+    torch.manual_seed(0)
+    agent = make_agent(N=3, lstm_hidden=8)
+    obs = torch.randn(3, 3)
+    agent.act(obs, explore=False, first=torch.ones(3, dtype=torch.bool))
+    fresh = tuple(x.clone() for x in agent.eval_state)  # state after one step from zeros
+    agent.act(obs, explore=False, first=torch.tensor([True, False, True]))
+    h, c = agent.eval_state
+    torch.testing.assert_close(h[[0, 2]], fresh[0][[0, 2]])  # reset, then the same obs again
+    torch.testing.assert_close(c[[0, 2]], fresh[1][[0, 2]])
+    assert not torch.allclose(h[1], fresh[0][1])  # carried: a second step from a non-zero state
+
+
 def test_state_dict_roundtrip_resumes_identically():
     torch.manual_seed(0)
     a = make_agent(lstm_hidden=8, replay_factor=2)

@@ -253,6 +253,23 @@ def test_every_figure_builds_headless_from_synthetic_runs(tmp_path):
     assert sorted({p["x"] for p in doc["sweeps"]["horizon"]["puffer_breakout"]}) == [3.0, 64.0]
 
 
+def test_sweep_settings_of_one_agent_form_one_series(tmp_path):
+    # A --reuse study labels runs per setting (ppo-reuse1, ppo-reuse4): the figure draws one line
+    # per agent through its settings, so the points carry the agent as their series.
+    for label, reuse, epochs in (("ppo-reuse1", 1.0, 1), ("ppo-reuse4", 4.0, 4)):
+        for seed in (1, 2):
+            write_run(tmp_path / label, "ppo", seed=seed, label=label, reuse=reuse,
+                      agent_config={**AGENT_CONFIGS["ppo"], "epochs": epochs})  # fmt: skip
+    runs, skipped = load.load_runs([tmp_path])
+    num = compute(runs, skipped, opts(tmp_path / "r"))
+    pts = sorted(num.sweeps["reuse"]["puffer_breakout"], key=lambda p: p.x)
+    assert [(p.label, p.series, p.x, p.n) for p in pts] == [("ppo-reuse1", "ppo", 1.0, 2), ("ppo-reuse4", "ppo", 4.0, 2)]
+    from plots.report import draw
+
+    written = draw(num, tmp_path / "figs")
+    assert tmp_path / "figs" / "final_vs_reuse.png" in written
+
+
 def test_report_numbers_equal_direct_computation(tmp_path):
     root = synthetic_set(tmp_path / "runs")
     runs, skipped = load.load_runs([root])
