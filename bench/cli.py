@@ -9,7 +9,9 @@ import importlib
 import importlib.util
 import os
 import re
+import signal
 import sys
+import threading
 
 from bench.errors import RunFailed, UserError
 
@@ -50,9 +52,30 @@ def build_parser(argv: list[str]) -> argparse.ArgumentParser:
     return parser
 
 
+def _interrupt(signum, frame) -> None:
+    """SIGINT or SIGTERM (what schedulers and `kill` send): unwind as for Ctrl-C, so a run
+    checkpoints and a compare stops its runs. Later signals are ignored, so a second one cannot
+    cut the checkpoint being written."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    raise KeyboardInterrupt
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     os.environ.setdefault("PYTHONWARNINGS", "ignore::DeprecationWarning")
+    on_main = threading.current_thread() is threading.main_thread()  # signal handlers live there only
+    previous = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)} if on_main else {}
+    for s in previous:
+        signal.signal(s, _interrupt)
+    try:
+        return _main(argv)
+    finally:
+        for s, h in previous.items():
+            signal.signal(s, h)
+
+
+def _main(argv: list[str]) -> int:
     try:
         try:
             parser = build_parser(argv)

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -186,7 +187,12 @@ def run_local(specs: list[RunSpec], workers: int, log_dir: Path) -> dict[str, st
                 view.event(spec, results[spec.out])
             view.update(states)
     except KeyboardInterrupt:
-        # Ctrl-C reached the whole process group: each `bench run` is writing its checkpoint.
+        # Ctrl-C reaches the whole process group, but a SIGTERM (kill, a scheduler) reaches only
+        # this process: pass it on, so every `bench run` writes its checkpoint and stops (runs
+        # that already got the Ctrl-C ignore the second signal).
+        for proc, _, _ in running.values():
+            if proc.poll() is None:
+                proc.send_signal(signal.SIGTERM)
         for proc, _, _ in running.values():
             try:
                 proc.wait(timeout=60)

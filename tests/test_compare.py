@@ -106,6 +106,31 @@ def test_compare_killed_then_rerun_skips_finished_runs(tmp_path):
         assert (out / "random" / "puffer_breakout" / f"seed{k}" / "done").exists()
 
 
+def test_sigterm_to_compare_stops_its_runs_with_checkpoints(tmp_path):
+    # `kill PID` (or a scheduler's SIGTERM) reaches only the compare process: it must pass the
+    # signal on, so no run keeps going orphaned, and each run checkpoints and resumes later.
+    out = tmp_path / "cmp"
+    cmd = [sys.executable, "-m", "bench.cli", "compare", "--agents", "random", "--game", "puffer_breakout",
+           "--seeds", "2", "--steps", "40M", "--workers", "2", "--no-report", "--out", str(out),
+           "--agent-option", "random.num_envs=256"]  # fmt: skip
+    proc = subprocess.Popen(cmd, env=ENV, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    runs = [out / "random" / "puffer_breakout" / f"seed{k}" for k in (1, 2)]
+    deadline = time.time() + 120
+    while time.time() < deadline and not all((r / "metrics.csv").exists() for r in runs):
+        time.sleep(0.1)
+    time.sleep(1.0)
+    children = [int(x) for x in subprocess.run(["pgrep", "-P", str(proc.pid)], capture_output=True,
+                                               text=True).stdout.split()]  # fmt: skip
+    assert len(children) == 2, "expected two running `bench run` children"
+    proc.send_signal(signal.SIGTERM)
+    assert proc.wait(timeout=90) == 130
+    for pid in children:
+        with pytest.raises(ProcessLookupError):
+            os.kill(pid, 0)  # stopped (and reaped), not orphaned
+    for r in runs:
+        assert (r / "checkpoint.pt").exists() and not (r / "done").exists()
+
+
 @pytest.mark.skipif(importlib.util.find_spec("ray") is None, reason="ray not installed (make install adds it)")
 def test_sweep_on_local_ray_runs_a_4_run_grid(tmp_path):
     f = tmp_path / "grid.toml"
