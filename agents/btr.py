@@ -75,8 +75,7 @@ from torch import nn
 
 from agents.api import AgentContext, opt
 from agents.heads import QHead, categorical_projection, noisy_layers, reset_noise
-from agents.nets import MLP, make_encoder
-from agents.rainbow import _ConvTorso
+from agents.nets import MLP, ConvTorso, make_encoder
 from agents.replay import Batch, Replay
 from envs.base import EnvSpec, EnvStep
 
@@ -222,9 +221,9 @@ class QNetwork(nn.Module):
         elif cfg.impala:
             pool = cfg.pool_size if cfg.maxpool else 0
             kw = {"width": cfg.impala_width, "pool": pool, "spectral_norm": cfg.spectral_norm}
-            self.torso = _ConvTorso(make_encoder("impala", spec.obs_shape, cfg.hidden, **kw))
+            self.torso = ConvTorso(make_encoder("impala", spec.obs_shape, cfg.hidden, **kw))
         else:
-            self.torso = _ConvTorso(make_encoder("nature", spec.obs_shape, cfg.hidden))
+            self.torso = ConvTorso(make_encoder("nature", spec.obs_shape, cfg.hidden))
         d, a = self.torso.out_dim, spec.num_actions
         if cfg.iqn:
             self.head: nn.Module = QuantileHead(

@@ -111,6 +111,20 @@ class ImpalaCNN(nn.Module):
         return self.fc(self.conv(_as_float(obs)))  # [B, hidden]
 
 
+class ConvTorso(nn.Module):
+    """The convolutional stack of a NatureCNN or ImpalaCNN without its FC layer, for Q-learners
+    whose hidden layers belong to the (noisy, dueling) heads: Rainbow's 512-unit streams
+    (Hessel et al. 2018) and BTR's (Clark et al. 2024)."""
+
+    def __init__(self, encoder: nn.Module):
+        super().__init__()
+        self.conv = encoder.conv
+        self.out_dim = encoder.fc[0].in_features
+
+    def forward(self, obs: torch.Tensor) -> torch.Tensor:
+        return self.conv(_as_float(obs))  # [B, out_dim]
+
+
 def make_encoder(kind: str, obs_shape: tuple[int, ...], hidden: int, **kw) -> nn.Module:
     """``kind`` in {"auto", "mlp", "nature", "impala"}; "auto" picks MLP for vectors, NatureCNN
     for images."""

@@ -82,7 +82,7 @@ from torch import nn
 
 from agents.api import AgentContext, opt
 from agents.heads import QHead, categorical_projection, noisy_layers, reset_noise
-from agents.nets import MLP, make_encoder
+from agents.nets import MLP, ConvTorso, make_encoder
 from agents.replay import Batch, Replay
 from envs.base import EnvSpec, EnvStep
 
@@ -168,21 +168,6 @@ PRESETS: dict[str, dict[str, Any]] = {
 }
 
 
-class _ConvTorso(nn.Module):
-    """The convolutional stack of a :mod:`agents.nets` image encoder without its FC layer: in
-    Rainbow the 512-unit hidden layers belong to the (noisy) dueling streams."""
-
-    def __init__(self, encoder: nn.Module):
-        super().__init__()
-        self.conv = encoder.conv
-        self.out_dim = encoder.fc[0].in_features
-
-    def forward(self, obs: torch.Tensor) -> torch.Tensor:
-        # Frames stay uint8 in replay; scale here, as agents.nets encoders do.
-        x = obs.float() / 255.0 if obs.dtype == torch.uint8 else obs.float()
-        return self.conv(x)  # [B, out_dim]
-
-
 class QNetwork(nn.Module):
     """obs [B, *obs_shape] -> [B, A, K]: C51 logits (K = atoms) or Q-values (K = 1)."""
 
@@ -194,7 +179,7 @@ class QNetwork(nn.Module):
         if kind == "mlp":
             self.torso: nn.Module = MLP(spec.obs_shape, cfg.hidden, cfg.mlp_layers)
         else:
-            self.torso = _ConvTorso(make_encoder(kind, spec.obs_shape, cfg.hidden))
+            self.torso = ConvTorso(make_encoder(kind, spec.obs_shape, cfg.hidden))
         atoms = cfg.atoms if cfg.distributional else 1
         head = dict(hidden=cfg.head_hidden, dueling=cfg.dueling, noisy=cfg.noisy, sigma0=cfg.noisy_sigma0)
         self.head = QHead(self.torso.out_dim, spec.num_actions, atoms, **head)

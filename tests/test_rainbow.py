@@ -11,6 +11,7 @@ import torch
 from agents import rainbow
 from agents.api import AgentContext
 from agents.heads import NoisyLinear, QHead, categorical_projection, reset_noise
+from agents.nets import ConvTorso
 from envs.base import EnvSpec, EnvStep
 
 
@@ -284,7 +285,7 @@ def test_uint8_frames_stay_uint8_and_conv_torso():
     obs = torch.randint(0, 255, (2, 4, 84, 84), dtype=torch.uint8)
     agent.act(obs)
     assert agent.replay.obs.dtype == torch.uint8
-    assert isinstance(agent.online.torso, rainbow._ConvTorso) and agent.online.torso.out_dim == 3136
+    assert isinstance(agent.online.torso, ConvTorso) and agent.online.torso.out_dim == 3136
 
 
 def test_state_dict_round_trip_resumes_identically():
