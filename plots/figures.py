@@ -291,6 +291,10 @@ def draw_interval(ax, estimates: dict[str, Estimate], order: list[str], colors: 
         ax.vlines(e.point, i - 0.3, i + 0.3, color="k", lw=1.5)
     ax.set_yticks(range(len(order)), order if show_labels else [""] * len(order))
     ax.set_ylim(-0.6, len(order) - 0.4)
+    # Bars pin the autoscale to their edges ("sticky edges"); without a margin, single-seed dots at
+    # the extremes sit half outside the axes.
+    ax.use_sticky_edges = False
+    ax.margins(x=0.08)
     ax.set_title(title)
     ax.grid(axis="y", visible=False)
 
