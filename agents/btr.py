@@ -60,6 +60,9 @@ Evaluation (``explore=False``) uses the noise-free mean weights and epsilon 0.00
 
 PRESETS: ``ale`` is the paper; ``puffer`` and ``gym`` are tuned for fast CPU learning, with the
 reasoning next to them.
+
+Speed: as :mod:`agents.rainbow` (flat parameters and noise, ``--compile`` for the replay draw,
+loss, priority update and acting forward).
 """
 
 from __future__ import annotations
@@ -74,8 +77,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from agents.api import AgentContext, opt
-from agents.heads import QHead, categorical_projection, noisy_layers, reset_noise
-from agents.nets import MLP, ConvTorso, make_encoder
+from agents.heads import QHead, bind_noise, categorical_projection, reset_noise
+from agents.nets import MLP, ConvTorso, clip_grad_norm, flatten_parameters, make_encoder
 from agents.replay import Batch, Replay
 from envs.base import EnvSpec, EnvStep
 
@@ -133,6 +136,8 @@ class Config:
     hidden: int = opt(512, "MLP torso width (vector observations)")
     mlp_layers: int = opt(2, "MLP torso depth")
     head_hidden: int = opt(512, "hidden units in each value/advantage stream; 0 = one layer")
+    # Speed
+    compile: bool = opt(False, "torch.compile the replay draw, loss, priority update and acting forward")
 
     def __post_init__(self):
         if self.n_step < 1:
@@ -346,9 +351,9 @@ class Agent:
         self.cfg, self.spec, self.device, self.n = cfg, ctx.spec, ctx.device, ctx.num_envs
         self.online = QNetwork(ctx.spec, cfg).to(self.device)
         self.target = copy.deepcopy(self.online).requires_grad_(False)
-        self._noisy_online, self._noisy_target = noisy_layers(self.online), noisy_layers(self.target)
-        # fused: one kernel for all parameters instead of a Python loop over them (CPU and CUDA).
-        self.opt = torch.optim.Adam(self.online.parameters(), lr=cfg.lr, eps=cfg.adam_eps, fused=True)
+        self._noise_online, self._noise_target = bind_noise(self.online), bind_noise(self.target)
+        self.flat = flatten_parameters(self.online)  # [P] all online parameters; .grad [P]
+        self.opt = torch.optim.Adam([self.flat], lr=cfg.lr, eps=cfg.adam_eps, fused=True)
         # [K] C51 atoms z_i (--no-iqn); None for the IQN head
         support = torch.linspace(cfg.v_min, cfg.v_max, cfg.atoms, device=self.device)
         self.support = None if cfg.iqn else support
@@ -364,6 +369,10 @@ class Agent:
         self.grad_steps = 0
         self.credit = 0.0
         self._action: torch.Tensor | None = None
+        compiled = torch.compile if cfg.compile else (lambda fn: fn)
+        self._greedy = compiled(self._greedy_eager)
+        self._sample_loss = compiled(self._sample_loss_eager)
+        self._update_priorities = compiled(self.replay.update_priorities)
 
     # --- schedules (functions of env steps) ---------------------------------------------------
     def epsilon(self) -> float:
@@ -381,9 +390,11 @@ class Agent:
         return torch.rand(batch, self.cfg.num_taus, device=self.device) if self.cfg.iqn else None
 
     # --- acting ---------------------------------------------------------------------------------
+    def _greedy_eager(self, obs: torch.Tensor) -> torch.Tensor:
+        return q_values(self.online(obs, self.taus(obs.shape[0])), self.support).argmax(-1)  # [N]
+
     def _greedy_or_random(self, obs: torch.Tensor, eps: float) -> torch.Tensor:
-        q = q_values(self.online(obs, self.taus(obs.shape[0])), self.support)  # [N, A]
-        action = q.argmax(-1)  # [N]
+        action = self._greedy(obs)  # [N]
         if eps > 0:
             n = obs.shape[0]
             explore = torch.rand(n, device=self.device) < eps  # [N]
@@ -398,7 +409,7 @@ class Agent:
                 action = self._greedy_or_random(obs, self.cfg.eval_epsilon)
             self.online.train()
             return action
-        reset_noise(self._noisy_online)
+        reset_noise(self._noise_online)
         with torch.inference_mode():
             action = self._greedy_or_random(obs, self.epsilon())
         self.replay.store_obs(obs)
@@ -454,18 +465,24 @@ class Agent:
             per_sample, priority, q = c51_loss(taken, target, self.support)
         return (batch.weight * per_sample).mean(), priority, q  # IS-weighted (Schaul et al. 2016)
 
+    def _sample_loss_eager(self, beta: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        """Draw a batch and compute :meth:`loss` on it: (loss, priority [B], q [B], slot ids [B]).
+        ``beta`` is a 0-d tensor so a compiled graph does not specialise on its value."""
+        batch = self.replay.sample(self.cfg.batch_size, beta)
+        return *self.loss(batch), batch.idx
+
     def _learn_step(self, beta: float) -> tuple[torch.Tensor, torch.Tensor]:
         cfg = self.cfg
-        batch = self.replay.sample(cfg.batch_size, beta)
-        reset_noise(self._noisy_online)  # one noise sample per net per update (Fortunato et al. 2018)
-        reset_noise(self._noisy_target)
-        loss, priority, q = self.loss(batch)
-        self.opt.zero_grad(set_to_none=True)
+        reset_noise(self._noise_online)  # one noise sample per net per update (Fortunato et al. 2018)
+        reset_noise(self._noise_target)
+        beta_t = torch.tensor(beta, dtype=torch.float64, device=self.device)
+        loss, priority, q, idx = self._sample_loss(beta_t)
+        self.flat.grad.zero_()
         loss.backward()
         if cfg.max_grad_norm > 0:
-            nn.utils.clip_grad_norm_(self.online.parameters(), cfg.max_grad_norm, foreach=True)
+            clip_grad_norm(self.flat.grad, cfg.max_grad_norm)
         self.opt.step()
-        self.replay.update_priorities(batch.idx, priority)
+        self._update_priorities(idx, priority)
         self.grad_steps += 1
         if self.grad_steps % cfg.target_update == 0:
             self.target.load_state_dict(self.online.state_dict())

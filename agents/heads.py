@@ -5,7 +5,8 @@
   ``f(x) = sign(x) sqrt(|x|)``, ``mu ~ U(-1/sqrt(in), 1/sqrt(in))``, ``sigma = sigma0/sqrt(in)``.
   Noise is used in ``train()`` mode and switched off (mean weights ``mu``) in ``eval()`` mode;
   new noise is drawn only by :meth:`NoisyLinear.reset_noise` (or :func:`reset_noise` on a whole
-  net), so the caller decides when noise changes.
+  net, or on the flat noise tensor :func:`bind_noise` makes of it), so the caller decides when
+  noise changes.
 * :class:`QHead`: action-value head ``[*, D] -> [*, A, atoms]`` with optional dueling streams
   (Wang et al. 2016, eq. 9: ``Q = V + A - mean_a A``), optional noisy layers and ``atoms``
   outputs per action (``atoms=1``: a plain Q head; ``atoms=51``: C51 logits, to which dueling is
@@ -72,19 +73,42 @@ def noisy_layers(module: nn.Module) -> list[NoisyLinear]:
 
 
 @torch.no_grad()
-def reset_noise(module: nn.Module | list[NoisyLinear]) -> None:
-    """Draw fresh noise for every :class:`NoisyLinear` in ``module`` (a net or a cached list).
-    One Gaussian draw for all layers, sliced into their ``eps_in`` / ``eps_out`` views: a handful
-    of tensor ops per net instead of several per layer (acting and learning call this each step).
+def bind_noise(module: nn.Module) -> torch.Tensor:
+    """Re-home the noise buffers of every :class:`NoisyLinear` in ``module`` in one flat tensor
+    and return it (``[sum of in + out features]``, layer by layer, ``eps_in`` before ``eps_out``).
+    :func:`reset_noise` on that tensor redraws all of the net's noise with a few in-place ops:
+    acting and learning redraw every step, and per-layer calls cost more than the draws."""
+    layers = noisy_layers(module)
+    sizes = [n for m in layers for n in (m.in_features, m.out_features)]
+    device = layers[0].weight_mu.device if layers else None
+    flat = torch.zeros(sum(sizes), device=device)
+    parts = flat.split(sizes)
+    for i, m in enumerate(layers):
+        parts[2 * i].copy_(m.eps_in)
+        parts[2 * i + 1].copy_(m.eps_out)
+        m.eps_in, m.eps_out = parts[2 * i], parts[2 * i + 1]
+    return flat
+
+
+@torch.no_grad()
+def reset_noise(noise: nn.Module | list[NoisyLinear] | torch.Tensor) -> None:
+    """Draw fresh factorised noise ``f(eps)``, ``eps ~ N(0, 1)``: in place into a flat tensor from
+    :func:`bind_noise`, or into every :class:`NoisyLinear` of a net or a cached layer list. Either
+    way it is one Gaussian draw in layer order, so both give the same noise for the same RNG state.
     """
-    layers = module if isinstance(module, list) else noisy_layers(module)
+    if isinstance(noise, torch.Tensor):
+        sign = noise.normal_().sign()
+        noise.abs_().sqrt_().mul_(sign)  # f(x) = sign(x) sqrt(|x|), in place
+        return
+    layers = noise if isinstance(noise, list) else noisy_layers(noise)
     if not layers:
         return
     sizes = [n for m in layers for n in (m.in_features, m.out_features)]
     eps = NoisyLinear._f(torch.randn(sum(sizes), device=layers[0].weight_mu.device))
     parts = eps.split(sizes)
     for i, m in enumerate(layers):
-        m.eps_in, m.eps_out = parts[2 * i], parts[2 * i + 1]
+        m.eps_in.copy_(parts[2 * i])
+        m.eps_out.copy_(parts[2 * i + 1])
 
 
 def make_linear(in_features: int, out_features: int, noisy: bool, sigma0: float = 0.5) -> nn.Module:

@@ -125,6 +125,41 @@ class ConvTorso(nn.Module):
         return self.conv(_as_float(obs))  # [B, out_dim]
 
 
+def flatten_parameters(module: nn.Module) -> nn.Parameter:
+    """Move every parameter of ``module`` into one contiguous tensor and every gradient into a
+    second one; return the first as a Parameter whose ``.grad`` is the second.
+
+    The module's parameters become views into it, so its forward, ``state_dict`` and
+    ``load_state_dict`` work as before, while an optimizer, a gradient clip or a zeroing over the
+    returned tensor is one op instead of one per parameter. For the small nets of the off-policy
+    agents on CPU, the per-parameter Python overhead of Adam plus clipping cost more than their
+    arithmetic. Backward accumulates into the views: zero with ``flat.grad.zero_()``, never with
+    ``set_to_none``. Call it once the module is on its final device.
+    """
+    params = [p for p in module.parameters() if p.requires_grad]
+    flat = torch.cat([p.detach().reshape(-1) for p in params])  # [P]
+    grad = torch.zeros_like(flat)  # [P]
+    offset = 0
+    for p in params:
+        n = p.numel()
+        p.data = flat[offset : offset + n].view_as(p)
+        p.grad = grad[offset : offset + n].view_as(p)
+        offset += n
+    out = nn.Parameter(flat)  # shares flat's storage
+    out.grad = grad
+    return out
+
+
+def clip_grad_norm(grad: torch.Tensor, max_norm: float) -> torch.Tensor:
+    """Scale a flat gradient in place so its L2 norm is at most ``max_norm``; returns the norm
+    before clipping. The formula of ``torch.nn.utils.clip_grad_norm_`` (factor
+    ``max_norm / (norm + 1e-6)``, capped at 1) without its per-call bookkeeping, which costs
+    ~0.2 ms on CPU, more than this on a 100K-parameter gradient."""
+    norm = torch.linalg.vector_norm(grad)
+    grad.mul_((max_norm / (norm + 1e-6)).clamp(max=1.0))
+    return norm
+
+
 def make_encoder(kind: str, obs_shape: tuple[int, ...], hidden: int, **kw) -> nn.Module:
     """``kind`` in {"auto", "mlp", "nature", "impala"}; "auto" picks MLP for vectors, NatureCNN
     for images."""

@@ -125,6 +125,17 @@ class SumTree:
             idx = idx // k
             self.levels[lvl][idx] = self.levels[lvl + 1].view(-1, k)[idx].sum(-1)  # [M]
 
+    def update_range(self, start: int, values: torch.Tensor) -> None:
+        """Set the contiguous leaves ``start .. start + M - 1`` to ``values`` [M] and recompute
+        their ancestors, with slices instead of gathers (the ring writes whole rows: a third of
+        the time of :meth:`update` for one row on CPU)."""
+        end = start + values.shape[0]
+        self.levels[-1][start:end] = values
+        k = self.fanout
+        for lvl in range(len(self.levels) - 2, -1, -1):
+            start, end = start // k, (end - 1) // k + 1
+            self.levels[lvl][start:end] = self.levels[lvl + 1].view(-1, k)[start:end].sum(-1)
+
     def find(self, mass: torch.Tensor) -> torch.Tensor:
         """Leaf index for each prefix mass in ``mass`` [B] (``0 <= mass < total``): the ``i`` with
         ``sum(leaves[:i]) <= mass < sum(leaves[:i+1])``. Never returns a zero leaf while
@@ -236,7 +247,6 @@ class Replay:
         self.max_priority = torch.ones((), dtype=torch.float64, device=dev)  # Schaul: p_1 = 1
         self.steps = 0  # vector steps stored (rows written, counting wrap-arounds)
         self._final_ptr = 0
-        self._env_ids = torch.arange(num_envs, device=dev)
         self._window = torch.arange(n_step, device=dev)
         self._window_offsets = self._window * num_envs  # slot offsets of a window's rows
         self._zeros = torch.zeros(num_envs, dtype=torch.float64, device=dev)
@@ -264,13 +274,10 @@ class Replay:
         row = self.steps % self.rows
         self.obs[row].copy_(obs)
         self.final_slot[row] = -1
-        idx = row * self.num_envs + self._env_ids  # [N]
-        values = self._zeros
+        self.tree.update_range(row * self.num_envs, self._zeros)  # slots of row: retired
         if self.steps >= self.n_step:
             done_row = (self.steps - self.n_step) % self.rows
-            idx = torch.cat([idx, done_row * self.num_envs + self._env_ids])  # [2N]
-            values = torch.cat([values, self._new_priority()])
-        self.tree.update(idx, values)
+            self.tree.update_range(done_row * self.num_envs, self._new_priority())  # window complete
 
     def store_outcome(
         self,
@@ -324,12 +331,12 @@ class Replay:
         obs = self.obs.view(size, *self.obs.shape[2:])
         next_obs = obs[(end + n_envs) % size]  # [B, *obs_shape]
         fslot = self.final_slot.view(-1)[end]  # [B] >= 0 only where that step was truncated
-        if bool((fslot >= 0).any()):
-            # fslot >= 0 already implies truncated & ~terminated at `end` (see store_outcome); the
-            # window stops there only if it ended there, which `last` says.
-            use_final = (fslot >= 0) & self.truncated.view(-1)[end]  # [B]
-            final = self.final_obs[fslot.clamp(min=0)]  # [B, *obs_shape]
-            next_obs = torch.where(use_final.view(-1, *([1] * (next_obs.dim() - 1))), final, next_obs)
+        # fslot >= 0 already implies truncated & ~terminated at `end` (see store_outcome); the
+        # window stops there only if it ended there, which `last` says. Always computed (no
+        # "any truncation?" branch): no host sync, and one graph under torch.compile.
+        use_final = (fslot >= 0) & self.truncated.view(-1)[end]  # [B]
+        final = self.final_obs[fslot.clamp(min=0)]  # [B, *obs_shape]
+        next_obs = torch.where(use_final.view(-1, *([1] * (next_obs.dim() - 1))), final, next_obs)
         return Batch(
             idx=idx,
             obs=obs[idx],
@@ -340,7 +347,7 @@ class Replay:
             weight=torch.ones(idx.shape[0], device=self.device),
         )
 
-    def sample(self, batch_size: int, beta: float = 0.0) -> Batch:
+    def sample(self, batch_size: int, beta: float | torch.Tensor = 0.0) -> Batch:
         """Draw ``batch_size`` transitions (proportionally to priority, or uniformly) with
         importance weights ``(P(i))**-beta / max`` (ones for uniform replay). Requires
         ``num_samplable > 0``."""

@@ -10,8 +10,8 @@ import torch
 
 from agents import rainbow
 from agents.api import AgentContext
-from agents.heads import NoisyLinear, QHead, categorical_projection, reset_noise
-from agents.nets import ConvTorso
+from agents.heads import NoisyLinear, QHead, bind_noise, categorical_projection, reset_noise
+from agents.nets import ConvTorso, clip_grad_norm, flatten_parameters
 from envs.base import EnvSpec, EnvStep
 
 
@@ -300,6 +300,91 @@ def test_state_dict_round_trip_resumes_identically():
     torch.manual_seed(7)
     mb = drive(b, 5)
     assert [m["loss"] for m in ma] == [m["loss"] for m in mb]
+
+
+def test_flat_parameters_same_forward_gradients_and_adam_steps():
+    """flatten_parameters changes where parameters live, not what the net or Adam computes."""
+    torch.manual_seed(0)
+    ref = rainbow.QNetwork(SPEC, dataclasses.replace(rainbow.Config(), hidden=16, head_hidden=8))
+    net = rainbow.QNetwork(SPEC, dataclasses.replace(rainbow.Config(), hidden=16, head_hidden=8))
+    net.load_state_dict(ref.state_dict())
+    x = torch.randn(5, 4)
+    expect = ref(x)
+    flat = flatten_parameters(net)
+    assert flat.numel() == sum(p.numel() for p in ref.parameters())
+    torch.testing.assert_close(net(x), expect, rtol=0, atol=0)
+    for p in net.parameters():  # every parameter is a view into flat, its gradient into flat.grad
+        assert p.untyped_storage().data_ptr() == flat.untyped_storage().data_ptr()
+        assert p.grad.untyped_storage().data_ptr() == flat.grad.untyped_storage().data_ptr()
+    opt_ref = torch.optim.Adam(ref.parameters(), lr=1e-2)
+    opt = torch.optim.Adam([flat], lr=1e-2)
+    for _ in range(3):
+        opt_ref.zero_grad()
+        loss = ref(x).square().mean()
+        loss.backward()
+        norm_ref = torch.nn.utils.clip_grad_norm_(ref.parameters(), 0.01)
+        opt_ref.step()
+        flat.grad.zero_()
+        net(x).square().mean().backward()
+        norm = clip_grad_norm(flat.grad, 0.01)
+        opt.step()
+        torch.testing.assert_close(norm, norm_ref)
+        assert norm > 0.01  # the clip was active
+    for (name, a), b in zip(ref.state_dict().items(), net.state_dict().values()):
+        torch.testing.assert_close(a, b, msg=name)
+    net.load_state_dict({k: v + 1 for k, v in ref.state_dict().items()})  # loads into the views
+    torch.testing.assert_close(flat, torch.cat([p.detach().reshape(-1) + 1 for p in ref.parameters()]))
+
+
+def test_bound_noise_equals_per_layer_noise():
+    """reset_noise on bind_noise's flat tensor draws what reset_noise on the net draws."""
+    a = QHead(8, 3, atoms=5, hidden=6, dueling=True, noisy=True)
+    b = QHead(8, 3, atoms=5, hidden=6, dueling=True, noisy=True)
+    b.load_state_dict(a.state_dict())
+    flat = bind_noise(b)
+    assert flat.numel() == sum(m.in_features + m.out_features for m in a.modules() if isinstance(m, NoisyLinear))
+    torch.manual_seed(3)
+    reset_noise(a)
+    torch.manual_seed(3)
+    reset_noise(flat)
+    for (name, x), y in zip(a.state_dict().items(), b.state_dict().values()):
+        torch.testing.assert_close(x, y, rtol=0, atol=0, msg=name)
+    h = torch.randn(4, 8)
+    torch.testing.assert_close(a(h), b(h))
+
+
+def test_compiled_learner_matches_eager():
+    """--compile runs the same maths: with inductor drawing random numbers as eager does, the
+    compiled agent samples the same batch, gets the same loss and priorities, and takes the
+    same steps (up to float reassociation in the fused kernels)."""
+    import torch._inductor.config as inductor_config
+
+    torch._dynamo.reset()
+    over = {"n_envs": 2, "batch_size": 16, "buffer_size": 200}
+    torch.manual_seed(0)
+    eager = make_agent(**over)
+    torch.manual_seed(0)
+    comp = make_agent(compile=True, **over)
+    with inductor_config.patch(fallback_random=True):
+        for t in range(40):
+            for agent in (eager, comp):
+                torch.manual_seed(t)
+                obs = toy_step(2, t).obs
+                agent.act(obs)
+                agent.observe(toy_step(2, t + 1))
+                metrics = agent.update()
+            if metrics:
+                torch.testing.assert_close(comp.flat, eager.flat, rtol=1e-4, atol=1e-5)
+        assert comp.grad_steps == eager.grad_steps > 10
+        torch.testing.assert_close(comp.replay.tree.leaves, eager.replay.tree.leaves, rtol=1e-4, atol=1e-6)
+        torch.manual_seed(99)
+        out_e = eager._sample_loss(torch.tensor(0.5, dtype=torch.float64))
+        torch.manual_seed(99)
+        out_c = comp._sample_loss(torch.tensor(0.5, dtype=torch.float64))
+    assert torch.equal(out_c[3], out_e[3])  # the same slots drawn
+    for c, e in zip(out_c[:3], out_e[:3]):
+        torch.testing.assert_close(c, e, rtol=1e-4, atol=1e-5)
+    torch._dynamo.reset()
 
 
 def test_learns_on_real_env_smoke():

@@ -48,6 +48,21 @@ def test_sum_tree_sums_and_updates(capacity, fanout):
     torch.testing.assert_close(tree.total, values.sum())
 
 
+@pytest.mark.parametrize("capacity,fanout", [(7, 2), (1000, 8), (4096, 32)])
+def test_sum_tree_range_update_equals_indexed_update(capacity, fanout):
+    g = torch.Generator().manual_seed(2)
+    tree = SumTree(capacity, fanout)
+    values = torch.rand(capacity, generator=g, dtype=torch.float64)
+    tree.update(torch.arange(capacity), values)
+    for start, length in [(0, 1), (0, capacity), (capacity - 3, 3), (capacity // 3, capacity // 2 + 1)]:
+        new = torch.rand(length, generator=g, dtype=torch.float64)
+        tree.update_range(start, new)
+        values[start : start + length] = new
+        assert_tree_consistent(tree)
+        torch.testing.assert_close(tree.leaves, values)
+        torch.testing.assert_close(tree.total, values.sum())
+
+
 def test_sum_tree_find_matches_prefix_sums():
     g = torch.Generator().manual_seed(1)
     values = torch.rand(500, generator=g, dtype=torch.float64)
