@@ -71,11 +71,11 @@ each net's noise in another (:func:`agents.heads.bind_noise`), so Adam, the grad
 zeroing and the noise draws are a few ops per update instead of a few per layer. What is left is
 the Python dispatch of ~200 small ops per update; ``--compile`` hands the replay draw, the loss
 (and its backward), the priority update and the acting forward to ``torch.compile``, which fuses
-them into a few C++ kernels: on the 2-core CPU of our measurements that is ~1.4x the env steps/s
-at the ``puffer`` preset, after ~30-60 s of compiling at the start of a run (counted in its wall
-clock; cached on disk for the next run). It is off by default: same maths, but inductor's fused
-kernels and random streams differ from eager in the last bits, so runs with and without it are
-not bitwise comparable.
+them into a few C++ kernels: on the 2-core CPUs of our measurements that is 1.2-1.3x the env
+steps/s at the ``puffer`` preset (BTR: 1.5x), after 10-50 s of compiling at the start of a run
+(counted in its wall clock; cached on disk for the next run). It is off by default: same maths,
+but inductor's fused kernels and random streams differ from eager in the last bits, so runs with
+and without it are not bitwise comparable.
 On a shared machine give torch one thread (``--threads 1``): intra-op threads competing with other
 processes for the same cores made these small matmuls several times slower in our measurements.
 """

@@ -9,7 +9,7 @@ agent needs from the loop is in the contract (:mod:`agents.api`).
 Units: ``env_steps`` count agent-environment interactions summed over the batch (one vector
 step of N envs is N env steps); ``frames = env_steps * frameskip``; ``grad_samples`` counts
 transitions consumed by gradient steps, once per use; ``wall_s`` is training wall clock with
-evaluation excluded (evaluation time is recorded separately).
+evaluation and checkpoint writes excluded (their seconds are recorded separately).
 
 Budgets: ``steps`` (env steps, rounded up to whole vector steps) and/or ``time_s`` (training
 wall clock); whichever ends first.
@@ -41,7 +41,7 @@ from agents.api import AgentContext
 from bench.config import RunConfig, resolve_agent_config
 from bench.errors import RunFailed, UserError
 from bench.fingerprint import fingerprint
-from bench.meter import Meter, count_flops, trainable_params
+from bench.meter import UNTIMED_BY_BUDGET, Meter, RecentRate, count_flops, trainable_params
 from bench.results import RunDir
 
 EVAL_MAX_VECTOR_STEPS = 27_000  # 108K frames at frameskip 4: the Atari episode cap
@@ -282,7 +282,7 @@ def train(
     tb = _tensorboard(rd.path) if run.tensorboard else None
     tracker = EpisodeTracker(n)
     eval_env = None
-    eval_s_prior = meter.phase_s["eval"]
+    untimed_prior = sum(meter.phase_s[p] for p in UNTIMED_BY_BUDGET)
 
     # A resumed run restarts its envs from a seed that depends on where it resumed.
     obs = env.reset(run.seed + 1_000_003 * resumes)
@@ -296,7 +296,8 @@ def train(
     params = trainable_params(agent)
 
     def wall() -> float:
-        return wall_prior + (time.perf_counter() - t_start) - (meter.phase_s["eval"] - eval_s_prior)
+        untimed = sum(meter.phase_s[p] for p in UNTIMED_BY_BUDGET) - untimed_prior
+        return wall_prior + (time.perf_counter() - t_start) - untimed
 
     def budget_left() -> bool:
         if total is not None and c.env_steps >= total:
@@ -304,13 +305,15 @@ def train(
         return run.time_s is None or wall() < run.time_s
 
     def checkpoint() -> None:
-        for log in logs.values():
-            if log._f is not None:
-                log._f.flush()
-        rd.save_checkpoint({"agent": agent.state_dict(), "meter": meter.state_dict(), "rng": _rng_state(),
-                            "rows": {k: v.rows for k, v in logs.items()}, "next_log": next_log,
-                            "next_eval": next_eval, "train_wall_s": wall(), "resumes": resumes})  # fmt: skip
-        rd.write_compute(_compute(meter, wall(), params, status="partial"))
+        w = wall()
+        with meter.phase("checkpoint"):
+            for log in logs.values():
+                if log._f is not None:
+                    log._f.flush()
+            rd.save_checkpoint({"agent": agent.state_dict(), "meter": meter.state_dict(), "rng": _rng_state(),
+                                "rows": {k: v.rows for k, v in logs.items()}, "next_log": next_log,
+                                "next_eval": next_eval, "train_wall_s": w, "resumes": resumes})  # fmt: skip
+            rd.write_compute(_compute(meter, w, params, status="partial"))
 
     def run_eval() -> None:
         nonlocal eval_env
@@ -327,6 +330,7 @@ def train(
             tb.add_scalar("eval/return", row["eval_return_mean"], c.env_steps)
 
     last_row_wall, last_row_steps = wall_prior, c.env_steps
+    recent = RecentRate(wall_prior, c.env_steps)
     bar = _Progress(progress, f"{run.agent} {run.game} seed {run.seed}",
                     total if total is not None else run.time_s, "env_steps" if total is not None else "s")  # fmt: skip
     last_ret: float | None = None
@@ -389,7 +393,7 @@ def train(
                     on_row({**row, "phase_s": dict(meter.phase_s)})
                 score = "-" if last_ret is None else f"{last_ret:.1f}"
                 bar.update(c.env_steps if total is not None else w,
-                           f"{c.env_steps:,} env_steps  {row['sps']:,.0f} sps  score {score}  "
+                           f"{c.env_steps:,} env_steps  {recent.add(w, c.env_steps):,.0f} sps  score {score}  "
                            f"reuse {c.reuse_ratio:.2f}")  # fmt: skip
             if eval_every and run.eval_episodes and c.env_steps >= next_eval:
                 run_eval()
@@ -405,8 +409,8 @@ def train(
     bar.close()
     if run.eval_episodes and (not eval_every or logs["eval"].rows == 0 or next_eval - eval_every != c.env_steps):
         run_eval()  # a final evaluation at the budget, unless one just happened
-    summary = _compute(meter, wall(), params, status="done")
     checkpoint()
+    summary = _compute(meter, wall(), params, status="done")  # after it: its seconds are recorded
     rd.write_compute(summary)
     for log in logs.values():
         log.close()

@@ -11,6 +11,7 @@ from the ``grad_steps`` / ``grad_samples`` an agent's ``update`` reports, so
 from __future__ import annotations
 
 import time
+from collections import deque
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from typing import Any
@@ -21,7 +22,30 @@ import torch
 # Imported eagerly: its first import pulls in sympy (~0.5 s), which must not land in a timed phase.
 from torch.utils.flop_counter import FlopCounterMode
 
-PHASES = ("env", "act", "learn", "eval")
+PHASES = ("env", "act", "learn", "eval", "checkpoint")
+# Timed, but not charged to the training budget: evaluation, and checkpoint writes (an off-policy
+# agent's replay buffer makes a checkpoint ~0.5 GB, ~5 s each, which would otherwise come out of
+# its time budget and not PPO's).
+UNTIMED_BY_BUDGET = ("eval", "checkpoint")
+
+
+class RecentRate:
+    """Env steps per second over the last ``window_s`` seconds of metric rows: what a progress
+    line shows. One row's own rate swings with the agent's schedule (PPO: rows inside a rollout
+    run at ~4x the average, the row holding the update at a tenth of it), so a single row says
+    little about the run's speed."""
+
+    def __init__(self, wall_s: float, env_steps: int, window_s: float = 30.0):
+        self.window_s = window_s
+        self.points: deque[tuple[float, int]] = deque([(wall_s, env_steps)])
+
+    def add(self, wall_s: float, env_steps: int) -> float:
+        self.points.append((wall_s, env_steps))
+        # Drop the oldest point while the next one still spans the whole window.
+        while len(self.points) > 2 and wall_s - self.points[1][0] >= self.window_s:
+            self.points.popleft()
+        w0, s0 = self.points[0]
+        return (env_steps - s0) / (wall_s - w0) if wall_s > w0 else 0.0
 
 
 @dataclass
@@ -61,8 +85,8 @@ class Meter:
 
     @property
     def train_s(self) -> float:
-        """Training wall clock as charged to phases, evaluation excluded."""
-        return sum(v for k, v in self.phase_s.items() if k != "eval")
+        """Training wall clock as charged to phases, evaluation and checkpoints excluded."""
+        return sum(v for k, v in self.phase_s.items() if k not in UNTIMED_BY_BUDGET)
 
     def state_dict(self) -> dict[str, Any]:
         return {"counters": asdict(self.counters), "phase_s": dict(self.phase_s),
@@ -71,7 +95,7 @@ class Meter:
 
     def load_state_dict(self, s: dict[str, Any]) -> None:
         self.counters = Counters(**s["counters"])
-        self.phase_s = dict(s["phase_s"])
+        self.phase_s = dict.fromkeys(PHASES, 0.0) | dict(s["phase_s"])  # older checkpoints lack a phase
         self.flops_per_act_sample = s["flops_per_act_sample"]
         self.flops_per_grad_sample = s["flops_per_grad_sample"]
 

@@ -26,6 +26,15 @@ way. From that clock:
   learning per sample change?) and ``norm_sps`` (env steps per normalised second: did the
   code get slower?).
 
+Hardware: the calibration maps seconds between machines of one kind well (a busy core, a
+slower clock), but not between CPU generations: a fixed matmul workload speeds up 5x from an
+AVX2 EPYC to an AVX-512 Xeon while the agents' mix of small ops speeds up 2x. The baseline file
+therefore keeps one entry per machine (:func:`machine_key`: CPU model, family/model numbers,
+vector ISA, threads). On a machine with an entry every metric is gated; on a machine without one
+the speed metrics (``score_per_hour``, ``norm_sps``) are still computed against the newest entry
+through the calibration and printed, but only ``score_at_budget`` can fail the check, and the
+output says how to add this machine (``--update-baseline`` adds or replaces only its own entry).
+
 Robustness: every agent runs several seeds; each metric's relative change against the baseline
 gets a seeded bootstrap CI over seeds (both sides resampled). A metric **regresses** only when
 the whole 90% CI lies below zero *and* the point estimate drops by more than a minimum effect
@@ -55,6 +64,9 @@ from bench.results import atomic_write_bytes, atomic_write_json, read_json
 # Smallest relative drop that counts as a regression, per metric (beyond the CI test).
 MIN_EFFECT = {"score_per_hour": 0.25, "score_at_budget": 0.25, "norm_sps": 0.20}
 METRICS = ("score_per_hour", "score_at_budget", "norm_sps")
+# Gated against another machine's entry: learning per sample does not depend on the clock.
+HARDWARE_FREE = ("score_at_budget",)
+ENTRY_KEYS = ("reference", "t_ref", "agents")
 
 
 @dataclass(frozen=True)
@@ -91,6 +103,53 @@ def add_arguments(p: argparse.ArgumentParser, argv: list[str]) -> None:
     p.add_argument("--seeds", type=int, default=None, help="run only the first N seeds of each entry")
     # Test-only: sleep this long after every learning update (a deliberately slowed learner).
     p.add_argument("--test-sleep-in-update", type=float, default=0.0, help=argparse.SUPPRESS)
+
+
+# ---------------------------------------------------------------- machines and baselines
+
+
+def _cpuinfo(field_name: str) -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.split(":", 1)[0].strip() == field_name:
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return "?"
+
+
+def machine_key(threads: int) -> str:
+    """What must match for two suites' speeds to be compared directly. Virtual machines often
+    hide the CPU's name ("Intel(R) Xeon(R) Processor"), so family/model and the vector ISA torch
+    dispatches to are part of the key."""
+    from bench.fingerprint import fingerprint
+
+    fp = fingerprint(torch.device("cpu"))
+    return (f"{fp['cpu']} (family {_cpuinfo('cpu family')} model {_cpuinfo('model')}) | "
+            f"{torch.backends.cpu.get_cpu_capability()} | {threads} threads")  # fmt: skip
+
+
+def load_baselines(path: Path) -> dict[str, dict]:
+    """The file's entries by machine key; one line and exit 2 (UserError) when it is missing or
+    malformed."""
+    data = read_json(path, "baseline")
+    machines = data.get("machines") if isinstance(data, dict) else None
+    if not isinstance(machines, dict) or not machines:
+        raise UserError(f"{path}: malformed baseline (no 'machines'); regenerate with --update-baseline")
+    for key, entry in machines.items():
+        missing = [k for k in ENTRY_KEYS if not isinstance(entry, dict) or k not in entry]
+        if missing:
+            raise UserError(f"{path}: malformed baseline (machine {key!r} has no {missing[0]!r}); "
+                            "regenerate with --update-baseline")  # fmt: skip
+    return machines
+
+
+def pick_baseline(machines: dict[str, dict], key: str) -> tuple[str, dict, bool]:
+    """(key, entry, same_machine): this machine's entry, else the newest one."""
+    if key in machines:
+        return key, machines[key], True
+    other = max(machines, key=lambda k: str(machines[k].get("created", "")))
+    return other, machines[other], False
 
 
 # ---------------------------------------------------------------- calibration
@@ -262,17 +321,21 @@ def main(args: argparse.Namespace) -> int:
     options = parse_agent_options(args.agent_option, [e.agent for e in entries_all])
     entries = _suite(args.suite, options, args.seeds)
     base_path = Path(args.baseline or Path(__file__).resolve().parent.parent / "baselines" / f"{args.suite}.json")
-    baseline = None
-    if not args.update_baseline:
-        baseline = read_json(base_path, "baseline")
-        for key in ("reference", "agents", "t_ref"):
-            if key not in baseline:
-                raise UserError(f"{base_path}: malformed baseline (no {key!r}); regenerate with --update-baseline")
     threads = args.threads or len(os.sched_getaffinity(0))
+    key = machine_key(threads)
+    baseline, base_key, same_machine = None, None, True
+    if not args.update_baseline:
+        base_key, baseline, same_machine = pick_baseline(load_baselines(base_path), key)
+    gated = METRICS if same_machine else HARDWARE_FREE
     tmp = None
     out = Path(args.out) if args.out else Path(tmp := tempfile.mkdtemp(prefix="bench-regress-"))
     print(f"bench regress: suite {args.suite} ({', '.join(f'{e.agent} x{len(e.seeds)} seeds, {e.steps:,} env_steps' for e in entries)}) "
           f"on {threads} threads", flush=True)  # fmt: skip
+    print(f"  machine: {key}", flush=True)
+    if baseline is not None and not same_machine:
+        print(f"  no baseline entry for this machine; comparing with {base_key!r} through the calibration.\n"
+              f"  Speed metrics ({', '.join(m for m in METRICS if m not in gated)}) are reported, not gated; "
+              f"to gate them here run `bench regress --update-baseline` and commit {base_path.name}.", flush=True)  # fmt: skip
     try:
         raw = run_suite(entries, out, threads, args.test_sleep_in_update)
         ref = baseline["reference"] if baseline else None
@@ -292,8 +355,9 @@ def main(args: argparse.Namespace) -> int:
         if tmp:
             shutil.rmtree(tmp, ignore_errors=True)
 
-    result: dict[str, Any] = {"suite": args.suite, "reference": ref, "t_ref": t_ref, "agents": {},
-                              "fingerprint": fingerprint(torch.device("cpu")), "min_effect": MIN_EFFECT}  # fmt: skip
+    result: dict[str, Any] = {"suite": args.suite, "machine": key, "baseline_machine": base_key,
+                              "same_machine": same_machine, "gated": list(gated), "reference": ref, "t_ref": t_ref,
+                              "agents": {}, "fingerprint": fingerprint(torch.device("cpu")), "min_effect": MIN_EFFECT}  # fmt: skip
     failed = False
     lines = []
     for agent, fs in figures.items():
@@ -308,13 +372,16 @@ def main(args: argparse.Namespace) -> int:
             changes = {}
             for i, m in enumerate(METRICS):
                 point, lo, hi = bootstrap_change(b[m], entry[m], args.reps, seed=i)
-                changes[m] = {"change": point, "ci90": [lo, hi], "regressed": verdict(point, hi, m),
+                below = verdict(point, hi, m)
+                changes[m] = {"change": point, "ci90": [lo, hi], "regressed": below and m in gated,
+                              "below_baseline": below, "gated": m in gated,
                               "baseline_mean": float(np.mean(b[m])), "mean": float(np.mean(entry[m]))}  # fmt: skip
             entry["changes"] = changes
             bad = [m for m in METRICS if changes[m]["regressed"]]
             failed |= bool(bad)
             parts = "  ".join(f"{m} {100 * changes[m]['change']:+.0f}% [{100 * changes[m]['ci90'][0]:+.0f}%, "
-                              f"{100 * changes[m]['ci90'][1]:+.0f}%]" for m in METRICS)  # fmt: skip
+                              f"{100 * changes[m]['ci90'][1]:+.0f}%]{'' if m in gated else ' (not gated)'}"
+                              for m in METRICS)  # fmt: skip
             why = f"REGRESSION in {', '.join(bad)}" if bad else "pass"
             lines.append(f"{agent}: {why}  |  {parts}")
         else:
@@ -325,12 +392,20 @@ def main(args: argparse.Namespace) -> int:
     result["passed"] = not failed
     print("\n".join(lines))
     if args.update_baseline:
-        base_path.parent.mkdir(parents=True, exist_ok=True)
-        keep = {k: result[k] for k in ("suite", "reference", "t_ref", "agents", "fingerprint", "min_effect")}
+        # Only this machine's entry is replaced: the other machines' baselines stay valid.
+        machines: dict[str, dict] = {}
+        if base_path.exists():
+            try:
+                machines = load_baselines(base_path)
+            except UserError as err:
+                print(f"  {err}: replaced by this machine's entry alone", flush=True)
+        keep = {k: result[k] for k in ("reference", "t_ref", "agents", "fingerprint", "min_effect")}
         keep["created"] = time.strftime("%Y-%m-%d %H:%M:%S")
         keep["python"] = platform.python_version()
-        atomic_write_json(base_path, keep)
-        print(f"baseline written to {base_path}")
+        machines[key] = keep
+        base_path.parent.mkdir(parents=True, exist_ok=True)
+        atomic_write_json(base_path, {"suite": args.suite, "machines": machines})
+        print(f"baseline for this machine written to {base_path} ({len(machines)} machine(s))")
     if args.json:
         atomic_write_json(Path(args.json), result)
     if args.markdown:
@@ -341,6 +416,8 @@ def main(args: argparse.Namespace) -> int:
 
 def markdown(result: dict) -> str:
     lines = [f"## bench regress — suite `{result['suite']}`: {'✅ passed' if result['passed'] else '❌ regression'}", "",
+             f"Machine: `{result['machine']}`." + ("" if result["same_machine"] or not result["baseline_machine"] else
+             f" No baseline entry for it: compared with `{result['baseline_machine']}`, speed metrics not gated."), "",
              "| agent | metric | baseline | now | change | 90% CI | verdict |", "|---|---|---|---|---|---|---|"]  # fmt: skip
     for agent, e in result["agents"].items():
         for m in METRICS:
@@ -350,7 +427,7 @@ def markdown(result: dict) -> str:
                 continue
             lines.append(f"| {agent} | {m} | {c['baseline_mean']:.4g} | {c['mean']:.4g} | {100 * c['change']:+.1f}% "
                          f"| [{100 * c['ci90'][0]:+.1f}%, {100 * c['ci90'][1]:+.1f}%] "
-                         f"| {'**regressed**' if c['regressed'] else 'ok'} |")  # fmt: skip
+                         f"| {'**regressed**' if c['regressed'] else 'ok' if c['gated'] else 'not gated'} |")  # fmt: skip
     lines += ["", f"T_ref (normalised s): {json.dumps({k: round(v, 1) for k, v in result['t_ref'].items()})}; "
               f"minimum effects: {json.dumps(result['min_effect'])}."]  # fmt: skip
     return "\n".join(lines) + "\n"

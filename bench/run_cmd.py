@@ -93,5 +93,6 @@ def main(args: argparse.Namespace) -> int:
     print(f"{out}: {summary['env_steps']:,} env_steps  {summary['frames']:,} frames  "
           f"{summary['grad_samples']:,} grad_samples  reuse_ratio {summary['reuse_ratio']:.2f}  "
           f"{summary['train_wall_s']:.1f} wall_s  {summary['sps']:,.0f} sps  "
-          f"(env {ph['env']:.1f}s act {ph['act']:.1f}s learn {ph['learn']:.1f}s eval {ph['eval']:.1f}s)")  # fmt: skip
+          f"(env {ph['env']:.1f}s act {ph['act']:.1f}s learn {ph['learn']:.1f}s; not in wall_s: eval {ph['eval']:.1f}s "
+          f"checkpoints {ph.get('checkpoint', 0.0):.1f}s)")  # fmt: skip
     return 0

@@ -93,6 +93,10 @@ def progress_of(spec: RunSpec) -> tuple[float, str]:
     if last is None:
         return 0.0, ""
     wall_s, env_steps, sps = float(last[0]), int(last[1]), float(last[7])
+    # Over the rows in the tail (dozens), not the last row alone: see bench.meter.RecentRate.
+    first = next((ln.split(",") for ln in lines[1:] if ln and not ln.startswith("wall_s") and ln.count(",") == 9), None)
+    if first is not None and wall_s > float(first[0]):
+        sps = (env_steps - int(first[1])) / (wall_s - float(first[0]))
     score = next((float(ln.split(",")[8]) for ln in reversed(lines)
                   if ln.count(",") == 9 and not ln.startswith("wall_s") and ln.split(",")[8]), None)  # fmt: skip
     frac = max(env_steps / spec.steps if spec.steps else 0.0, wall_s / spec.time_s if spec.time_s else 0.0)

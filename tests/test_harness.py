@@ -47,7 +47,8 @@ def test_random_run_writes_every_file_and_columns_add_up(tmp_run):
     ev = rows(tmp_run / "eval.csv")
     assert [int(r["env_steps"]) for r in ev] == [150_016, 300_032] and all(int(r["eval_episodes"]) == 2 for r in ev)
     comp = json.loads((tmp_run / "compute.json").read_text())
-    assert set(comp["phase_s"]) == {"env", "act", "learn", "eval"}
+    assert set(comp["phase_s"]) == {"env", "act", "learn", "eval", "checkpoint"}
+    assert comp["phase_s"]["checkpoint"] > 0  # the final checkpoint, at least
     assert json.loads((tmp_run / "done").read_text())["status"] == "ok"
 
 
@@ -187,3 +188,59 @@ def test_out_folder_of_another_run_is_refused(capsys, tmp_run):
     assert cli(base) == 0
     assert cli(base[:-2] + ["--seed", "9", "--out", str(tmp_run)]) == 2
     assert "holds a different run" in capsys.readouterr().err
+
+
+def test_progress_rate_is_a_window_not_the_last_row(tmp_path):
+    from bench.meter import RecentRate
+    from bench.runner import RunSpec, progress_of
+
+    # PPO-like rows: 9 fast rollout rows (1,000 steps in 0.01 s) then one row holding a 0.91 s
+    # update: 10,000 steps a second on average, while single rows read 100,000 or ~1,100.
+    pts, w, s = [], 0.0, 0
+    for _ in range(100):
+        for k in range(10):
+            w += 0.91 if k == 9 else 0.01
+            s += 1000
+            pts.append((w, s))
+    rate = RecentRate(0.0, 0, window_s=30.0)  # ~30 update cycles: within a cycle of the mean
+    got = [rate.add(*p) for p in pts]
+    assert min(got[400:]) > 9_500 and max(got[400:]) < 10_500
+    assert rate.points[-1][0] - rate.points[0][0] < 30.0 + 1.0  # the window stays bounded
+
+    d = tmp_path / "run"
+    d.mkdir()
+    lines = ["wall_s,env_steps,frames,episodes,grad_steps,grad_samples,reuse_ratio,sps,episode_return,episode_length"]
+    prev = (0.0, 0)
+    for wi, si in pts[-40:]:
+        lines.append(f"{wi},{si},{si},1,0,0,0,{(si - prev[1]) / (wi - prev[0]) if prev[0] else 0},2.5,10")
+        prev = (wi, si)
+    (d / "metrics.csv").write_text("\n".join(lines) + "\n")
+    frac, text = progress_of(RunSpec("ppo", "puffer_breakout", 1, str(d), "x", steps=2_000_000))
+    shown = int(text.split(" sps")[0].split()[-1].replace(",", ""))
+    assert frac == 0.5 and 9_000 < shown < 11_500 and "score 2.5" in text
+
+
+def test_checkpoint_writes_are_not_charged_to_the_time_budget(tmp_run, monkeypatch):
+    # A replay buffer makes an off-policy agent's checkpoint ~0.5 GB: writing it must not eat
+    # into its training-time budget (nor the SPS computed from it), as evaluation does not.
+    from bench.results import RunDir
+
+    save = RunDir.save_checkpoint
+
+    def slow_save(self, state):
+        time.sleep(0.3)
+        save(self, state)
+
+    monkeypatch.setattr(RunDir, "save_checkpoint", slow_save)
+    run = RunConfig(agent="random", game="gym:CartPole-v1", seed=0, time_s=1.5, checkpoint_every_s=0.25)
+    t0 = time.perf_counter()
+    s = train(run, {"num_envs": 4}, out=tmp_run)
+    elapsed = time.perf_counter() - t0
+    ck = s["phase_s"]["checkpoint"]
+    assert ck >= 0.3 * 4  # several periodic checkpoints and the final one, each >= 0.3 s
+    assert 1.5 <= s["train_wall_s"] < 1.5 + 0.3  # the budget is training time alone
+    assert elapsed > s["train_wall_s"] + ck - 0.1
+    assert s["sps"] == pytest.approx(s["env_steps"] / s["train_wall_s"])
+    # The training phases fill the budget: no checkpoint seconds hide in it.
+    ph = s["phase_s"]
+    assert ph["env"] + ph["act"] + ph["learn"] > 0.7 * s["train_wall_s"], ph

@@ -79,6 +79,40 @@ def test_broken_learner_fails_on_score(smoke_baseline, tmp_path):
     assert not ch["norm_sps"]["regressed"]  # it is as fast as ever: the line must say "score"
 
 
+OTHER = "Another CPU (family 6 model 1) | AVX2 | 2 threads"
+
+
+def _as_other_machine(base: Path, tmp: Path) -> tuple[Path, dict]:
+    """The smoke baseline, filed under another machine's key."""
+    ((_, entry),) = json.loads(base.read_text())["machines"].items()
+    other = tmp / "other.json"
+    other.write_text(json.dumps({"suite": "smoke", "machines": {OTHER: entry}}))
+    return other, entry
+
+
+def test_other_machine_gates_score_only(smoke_baseline, tmp_path):
+    other, _ = _as_other_machine(smoke_baseline, tmp_path)
+    # Slower than the baseline beyond noise, but on hardware the baseline never saw: reported only.
+    code, res = _run(other, tmp_path, "--seeds", "1", "--test-sleep-in-update", "1.0")
+    ch = res["agents"]["ppo"]["changes"]
+    assert code == 0 and not res["same_machine"] and res["baseline_machine"] == OTHER
+    assert res["gated"] == ["score_at_budget"]
+    assert ch["norm_sps"]["below_baseline"] and not ch["norm_sps"]["regressed"] and ch["norm_sps"]["change"] < -0.2
+    assert "not gated" in (tmp_path / "r.md").read_text()
+    # Learning per sample is hardware-free, so a broken learner still fails there.
+    code, res = _run(other, tmp_path, "--seeds", "1", "--agent-option", "ppo.lr=0")
+    assert code == 1 and res["agents"]["ppo"]["changes"]["score_at_budget"]["regressed"]
+
+
+def test_update_baseline_adds_this_machine_and_keeps_others(smoke_baseline, tmp_path):
+    other, entry = _as_other_machine(smoke_baseline, tmp_path)
+    assert cli(["regress", "--suite", "smoke", "--baseline", str(other), "--update-baseline", "--seeds", "1"]) == 0
+    machines = json.loads(other.read_text())["machines"]
+    assert len(machines) == 2 and machines[OTHER] == entry
+    ((key, mine),) = [(k, v) for k, v in machines.items() if k != OTHER]
+    assert "threads" in key and mine["agents"]["ppo"]["seeds"] == [1]
+
+
 def test_missing_or_malformed_baseline(capsys, tmp_path):
     assert cli(["regress", "--suite", "smoke", "--baseline", str(tmp_path / "none.json")]) == 2
     bad = tmp_path / "bad.json"
