@@ -11,14 +11,19 @@ from pathlib import Path
 import torch
 
 
-def _cpu_model() -> str:
+def cpuinfo(field_name: str) -> str | None:
+    """The first ``field_name`` line of /proc/cpuinfo (None where there is none)."""
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
+            if line.split(":", 1)[0].strip() == field_name:
                 return line.split(":", 1)[1].strip()
     except OSError:
         pass
-    return platform.processor() or platform.machine()
+    return None
+
+
+def cpu_model() -> str:
+    return cpuinfo("model name") or platform.processor() or platform.machine()
 
 
 def _version(dist: str) -> str | None:
@@ -46,7 +51,7 @@ def fingerprint(device: torch.device | None = None) -> dict:
     if torch.cuda.is_available() and (device is None or device.type == "cuda"):
         gpu = torch.cuda.get_device_name(device if device is not None else 0)
     return {
-        "cpu": _cpu_model(),
+        "cpu": cpu_model(),
         "cores": os.cpu_count(),
         "cores_allowed": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count(),
         "gpu": gpu,

@@ -27,9 +27,9 @@ way. From that clock:
   code get slower?).
 
 Hardware: the calibration maps seconds between machines of one kind well (a busy core, a
-slower clock), but not between CPU generations: a fixed matmul workload speeds up 5x from an
-AVX2 EPYC to an AVX-512 Xeon while the agents' mix of small ops speeds up 2x. The baseline file
-therefore keeps one entry per machine (:func:`machine_key`: CPU model, family/model numbers,
+slower clock), but not between CPU generations: its fixed learner workload (big matmuls) sped up
+4x from an AVX2 EPYC to an AVX-512 Xeon while the agents' mix of small ops sped up 2.4-3x. The
+baseline file therefore keeps one entry per machine (:func:`machine_key`: CPU model, family/model numbers,
 vector ISA, threads). On a machine with an entry every metric is gated; on a machine without one
 the speed metrics (``score_per_hour``, ``norm_sps``) are still computed against the newest entry
 through the calibration and printed, but only ``score_at_budget`` can fail the check, and the
@@ -108,24 +108,13 @@ def add_arguments(p: argparse.ArgumentParser, argv: list[str]) -> None:
 # ---------------------------------------------------------------- machines and baselines
 
 
-def _cpuinfo(field_name: str) -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.split(":", 1)[0].strip() == field_name:
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return "?"
-
-
 def machine_key(threads: int) -> str:
     """What must match for two suites' speeds to be compared directly. Virtual machines often
     hide the CPU's name ("Intel(R) Xeon(R) Processor"), so family/model and the vector ISA torch
     dispatches to are part of the key."""
-    from bench.fingerprint import fingerprint
+    from bench.fingerprint import cpu_model, cpuinfo
 
-    fp = fingerprint(torch.device("cpu"))
-    return (f"{fp['cpu']} (family {_cpuinfo('cpu family')} model {_cpuinfo('model')}) | "
+    return (f"{cpu_model()} (family {cpuinfo('cpu family') or '?'} model {cpuinfo('model') or '?'}) | "
             f"{torch.backends.cpu.get_cpu_capability()} | {threads} threads")  # fmt: skip
 
 
