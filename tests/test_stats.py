@@ -137,6 +137,30 @@ def test_episode_window_mean_by_hand():
     assert np.isnan(none).all()
 
 
+def test_final_window_keeps_equal_scores_equal():
+    # Two runs that both end on 100+ episodes of 500 (a solved CartPole) after different early
+    # returns: their final scores must both be exactly 500, so the statistics see a tie. The
+    # early sums are chosen so the running total crosses 2^21 inside the last 100 episodes, where
+    # a difference of prefix sums picks up round-off (real runs: 500.0000000000003 vs 499.99...).
+    finals = []
+    for frac in (0.3, 0.123456789):
+        returns = np.concatenate([[2**21 - 5000 * 25 + frac], np.full(30, 500.0)])  # [rows]
+        episodes = np.concatenate([[1], 1 + 10 * np.arange(1, 31)])  # 10 episodes a row after the first
+        v, k = stats.final_window(episodes, returns, 100)
+        assert k == 100 and v == 500.0
+        # The prefix-sum curve gives the same value up to its round-off.
+        assert stats.episode_window_mean(episodes, returns, 100)[-1] == pytest.approx(v, rel=1e-12)
+        finals.append(v)
+    poi = stats.probability_of_improvement(np.array([[finals[0]]] * 3), np.array([[finals[1]]] * 3), reps=200, seed=0)
+    assert poi.point == 0.5
+    # On ragged rows the two computations agree.
+    episodes = np.array([0, 3, 3, 7, 20, 21, 40])
+    returns = np.array([np.nan, 1.5, np.nan, 7.25, 3.0, 9.0, 2.0])
+    for n in (1, 5, 19, 30, 100):
+        v, k = stats.final_window(episodes, returns, n)
+        assert v == pytest.approx(stats.episode_window_mean(episodes, returns, n)[-1]) and k == min(n, 40)
+
+
 def test_step_resample_on_ragged_curves_by_hand():
     grid = np.array([0.0, 5.0, 10.0, 15.0, 20.0, 25.0, 30.0])
     # Run A logs at 10, 20, 30; run B is shorter (crashed after 15) and starts later.
