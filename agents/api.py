@@ -17,14 +17,30 @@ harness). The harness keeps the counters; it never asks what algorithm is runnin
 Evaluation calls ``act(obs, explore=False, first=mask)`` on a separate environment: that must
 not touch the agent's training state (storage, schedules). ``first`` [N] bool marks the envs
 whose ``obs`` begins a new episode (all of them on an evaluation's first step, then the envs that
-just finished one), so an agent with recurrent state resets it there; others ignore it. In
-training the same information arrives through ``observe`` (``step.done``).
+just finished one), so an agent with recurrent state resets it there; others ignore it.
+
+In training, episode ends arrive through ``observe`` (``step.done``), and ``first`` is None,
+except on the first ``act(obs, explore=True, first=all True)`` after the harness (re)sets the
+envs: at the start of a run and after every resume. There the stream of every env breaks
+*without* an episode end: the outcome the agent last observed leads to an observation it will
+never see (``obs`` is a new episode's first), so the agent must not link the two. It drops or
+closes what spans the break and resets recurrent state: PPO drops the last stored step and makes
+the one before it a truncation bootstrapped from the observation it led to; Rainbow and BTR do the
+same in replay (:meth:`agents.replay.Replay.cut`). At a run's start there is nothing stored, and
+nothing to do. The harness only ever resets all envs together; agents may refuse a partial mask.
+
+Schedules that anneal over the run (learning rate, importance-sampling beta) read
+:meth:`AgentContext.budget_used`: the fraction of the run's budget spent, of whichever budget ends
+first (env steps or training wall clock). The harness owns the clock and computes it; under a time
+budget a schedule therefore depends on the machine's speed (a slower machine anneals over fewer
+env steps). Schedules defined in env steps by their papers (Rainbow's and BTR's epsilon) stay so.
 
 An agent never creates environments, seeds RNGs, reads the clock, writes files or logs.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -40,7 +56,23 @@ class AgentContext:
     spec: EnvSpec  # the training environment
     num_envs: int  # N, the batch the agent acts on (== cfg.num_envs)
     device: torch.device  # where the agent keeps its nets and storage
-    total_env_steps: int | None  # budget for schedules (lr annealing, beta, epsilon); None if time-only
+    total_env_steps: int | None  # env-step budget (rounded up to whole vector steps); None if time-only
+    # The harness's budget_used(): fraction in [0, 1] of the run's budget spent so far (the larger
+    # of env_steps / steps budget and train wall_s / time budget), read at call time; valid from
+    # the first act. None where no harness runs (a context built by hand in a test).
+    progress: Callable[[], float] | None = None
+
+    def budget_used(self, env_steps: int) -> float:
+        """Fraction of the run's budget spent, in [0, 1], for schedules that anneal over the run.
+
+        ``progress()`` when the harness gave it; otherwise ``env_steps / total_env_steps`` from
+        the agent's own count (the same number under a step budget), and 0 (no annealing) with
+        neither."""
+        if self.progress is not None:
+            return min(max(float(self.progress()), 0.0), 1.0)
+        if not self.total_env_steps:
+            return 0.0
+        return min(max(env_steps / self.total_env_steps, 0.0), 1.0)
 
 
 class Agent(Protocol):
@@ -87,12 +119,16 @@ def range_text(meta: dict) -> str:
         return "one of " + ", ".join(str(c) for c in meta["choices"])
     lo = ("[", meta["ge"]) if meta.get("ge") is not None else ("(", meta["gt"]) if meta.get("gt") is not None else None
     hi = ("]", meta["le"]) if meta.get("le") is not None else (")", meta["lt"]) if meta.get("lt") is not None else None
+
+    def num(x: float) -> str:  # whole bounds in full (a seed's 2147483647, not 2.14748e+09)
+        return str(x) if isinstance(x, int) else f"{x:g}"
+
     if lo and hi:
-        return f"in {lo[0]}{lo[1]:g}, {hi[1]:g}{hi[0]}"
+        return f"in {lo[0]}{num(lo[1])}, {num(hi[1])}{hi[0]}"
     if lo:
-        return (">= " if lo[0] == "[" else "> ") + f"{lo[1]:g}"
+        return (">= " if lo[0] == "[" else "> ") + num(lo[1])
     if hi:
-        return ("<= " if hi[0] == "]" else "< ") + f"{hi[1]:g}"
+        return ("<= " if hi[0] == "]" else "< ") + num(hi[1])
     return ""
 
 

@@ -9,13 +9,18 @@ Components and their switches (all on by default, as in the paper):
 * dueling streams, ``--no-dueling`` (Wang et al. 2016): ``Q = V + A - mean A``, applied to the C51
   logits as in Hessel et al. 2018 (sec. 3).
 * prioritised replay, ``--no-per`` (Schaul et al. 2016): proportional, sum tree, ``alpha = 0.5``,
-  ``beta`` annealed linearly ``0.4 -> 1`` over the run (Hessel et al. 2018, Table 1); priorities are
+  ``beta`` annealed linearly ``0.4 -> 1`` over the run (Hessel et al. 2018, Table 1: over the fraction
+  of whichever budget ends first, env steps or training time, so under a time budget it depends on
+  the machine's speed; ``AgentContext.budget_used``); priorities are
   the per-sample KL divergence between the projected target and the predicted distribution
   (Hessel et al. 2018, eq. 3 and "Prioritized replay"), or ``|TD error|`` without C51; new
   transitions enter at the maximum priority seen.
 * n-step returns, ``--n-step N`` (Sutton 1988; ``n = 3`` in Hessel et al. 2018); ``1`` turns
   multi-step off. Windows stop per env at episode ends: ``terminated`` means no bootstrap,
-  ``truncated`` bootstraps from the true final observation (:mod:`agents.replay`).
+  ``truncated`` bootstraps from the true final observation (:mod:`agents.replay`). A resumed
+  run's envs restart mid-episode: its first act (``first`` all True, :mod:`agents.api`) cuts the
+  windows there (:meth:`agents.replay.Replay.cut`: the last stored step, whose next observation
+  is lost, is dropped and the step before it truncated), so no window joins two trajectories.
 * distributional C51, ``--no-distributional`` (Bellemare et al. 2017): 51 atoms on
   ``[v_min, v_max] = [-10, 10]``, cross-entropy to the categorical projection
   (:func:`agents.heads.categorical_projection`); off, a scalar Q head trained with the Huber
@@ -100,53 +105,52 @@ from envs.base import EnvSpec, EnvStep
 @dataclass(frozen=True)
 class Config:
     # Vectorisation and reuse
-    num_envs: int = opt(8, "parallel environments (the paper: 1)")
-    batch_size: int = opt(32, "transitions per gradient step (Hessel et al. 2018)")
-    replay_ratio: float = opt(8.0, "gradient samples per env step; paper: 32 every 4 steps = 8")
-    learning_starts: int = opt(20_000, "env steps before learning (80K frames, Hessel et al. 2018)")
-    buffer_size: int = opt(100_000, "replay capacity in transitions (paper 1M; CPU default, see docs)")
+    num_envs: int = opt(8, "parallel environments (the paper: 1)", ge=1)
+    batch_size: int = opt(32, "transitions per gradient step (Hessel et al. 2018)", ge=1)
+    replay_ratio: float = opt(8.0, "gradient samples per env step; paper: 32 every 4 steps = 8", gt=0)
+    learning_starts: int = opt(20_000, "env steps before learning (80K frames, Hessel et al. 2018)", ge=0)
+    buffer_size: int = opt(100_000, "replay capacity in transitions (paper 1M; CPU default, see docs)", ge=1)
     # Optimisation
-    lr: float = opt(6.25e-5, "Adam step size (Hessel et al. 2018)")
-    adam_eps: float = opt(1.5e-4, "Adam epsilon (Hessel et al. 2018)")
-    max_grad_norm: float = opt(10.0, "global gradient-norm clip, 0 = off (CleanRL rainbow_atari)")
-    gamma: float = opt(0.99, "discount per env step")
-    target_update: int = opt(2_000, "gradient steps between target-net copies (32K frames in the paper)")
+    lr: float = opt(6.25e-5, "Adam step size (Hessel et al. 2018)", gt=0)
+    adam_eps: float = opt(1.5e-4, "Adam epsilon (Hessel et al. 2018)", gt=0)
+    max_grad_norm: float = opt(10.0, "global gradient-norm clip, 0 = off (CleanRL rainbow_atari)", ge=0)
+    gamma: float = opt(0.99, "discount per env step", ge=0, le=1)
+    target_update: int = opt(2_000, "gradient steps between target-net copies (32K frames in the paper)",
+                             ge=1)  # fmt: skip
     # Components (each an ablation switch)
     double: bool = opt(True, "double Q-learning target (van Hasselt et al. 2016)")
     dueling: bool = opt(True, "dueling value/advantage streams (Wang et al. 2016)")
     per: bool = opt(True, "prioritised replay (Schaul et al. 2016); off = uniform")
-    n_step: int = opt(3, "multi-step return length; 1 = one-step (Hessel et al. 2018: 3)")
+    n_step: int = opt(3, "multi-step return length; 1 = one-step (Hessel et al. 2018: 3)", ge=1)
     distributional: bool = opt(True, "C51 distributional head (Bellemare et al. 2017); off = scalar Q")
     noisy: bool = opt(True, "noisy linear layers (Fortunato et al. 2018); off = epsilon-greedy")
     # Component settings
-    per_alpha: float = opt(0.5, "priority exponent alpha (Hessel et al. 2018)")
-    per_beta0: float = opt(0.4, "initial importance-sampling exponent, annealed to 1 (Hessel et al. 2018)")
-    beta_anneal_steps: int = opt(50_000_000, "env steps to anneal beta over when the run has no step budget")
-    atoms: int = opt(51, "C51 support size (Bellemare et al. 2017)")
+    per_alpha: float = opt(0.5, "priority exponent alpha (Hessel et al. 2018)", ge=0)
+    per_beta0: float = opt(0.4, "initial importance-sampling exponent, annealed to 1 (Hessel et al. 2018)",
+                           ge=0, le=1)  # fmt: skip
+    atoms: int = opt(51, "C51 support size (Bellemare et al. 2017)", ge=2)
     v_min: float = opt(-10.0, "lowest return on the C51 support")
     v_max: float = opt(10.0, "highest return on the C51 support")
-    q_loss: str = opt("huber", "loss without C51: huber (Mnih et al. 2015) or mse")
-    noisy_sigma0: float = opt(0.5, "initial noise scale sigma0 (Fortunato et al. 2018, factorised)")
-    eps_start: float = opt(1.0, "epsilon-greedy start (only with --no-noisy)")
-    eps_end: float = opt(0.01, "epsilon-greedy floor (only with --no-noisy)")
-    eps_decay_steps: int = opt(62_500, "env steps of linear epsilon decay (250K frames)")
-    eval_epsilon: float = opt(0.001, "epsilon when acting with explore=False (Dopamine)")
+    q_loss: str = opt("huber", "loss without C51: huber (Mnih et al. 2015) or mse", choices=("huber", "mse"))
+    noisy_sigma0: float = opt(0.5, "initial noise scale sigma0 (Fortunato et al. 2018, factorised)", ge=0)
+    eps_start: float = opt(1.0, "epsilon-greedy start (only with --no-noisy)", ge=0, le=1)
+    eps_end: float = opt(0.01, "epsilon-greedy floor (only with --no-noisy)", ge=0, le=1)
+    eps_decay_steps: int = opt(62_500, "env steps of linear epsilon decay (250K frames)", ge=0)
+    eval_epsilon: float = opt(0.001, "epsilon when acting with explore=False (Dopamine)", ge=0, le=1)
     # Rewards as the learner sees them (the env never clips)
-    reward_clip: float = opt(1.0, "clip rewards to [-c, c] before storing; 0 = off (Mnih et al. 2015)")
-    reward_scale: float = opt(1.0, "multiply (clipped) rewards by this before storing")
+    reward_clip: float = opt(1.0, "clip rewards to [-c, c] before storing; 0 = off (Mnih et al. 2015)", ge=0)
+    reward_scale: float = opt(1.0, "multiply (clipped) rewards by this before storing", gt=0)
     # Network
-    encoder: str = opt("auto", "torso: auto (mlp for vectors, nature for images), mlp, nature, impala")
-    hidden: int = opt(512, "MLP torso width")
-    mlp_layers: int = opt(2, "MLP torso depth")
-    head_hidden: int = opt(512, "hidden units in each value/advantage stream; 0 = one layer")
+    encoder: str = opt("auto", "torso: auto (mlp for vectors, nature for images), mlp, nature, impala",
+                       choices=("auto", "mlp", "nature", "impala"))  # fmt: skip
+    hidden: int = opt(512, "MLP torso width", ge=1)
+    mlp_layers: int = opt(2, "MLP torso depth", ge=0)
+    head_hidden: int = opt(512, "hidden units in each value/advantage stream; 0 = one layer", ge=0)
     # Speed
     compile: bool = opt(False, "torch.compile the replay draw, loss, priority update and acting forward")
 
     def __post_init__(self):
-        if self.n_step < 1:
-            raise ValueError("n_step must be >= 1")
-        if self.q_loss not in ("huber", "mse"):
-            raise ValueError(f"q_loss must be huber or mse, not {self.q_loss!r}")
+        # Single-field ranges are declared above and checked by bench.config before this runs.
         if self.distributional and not (self.atoms >= 2 and self.v_max > self.v_min):
             raise ValueError("C51 needs atoms >= 2 and v_max > v_min")
 
@@ -161,11 +165,11 @@ PRESETS: dict[str, dict[str, Any]] = {
     # states; the paper's value is tuned for conv nets on pixels) and a target copy every 250
     # updates (16K env steps; 1000 learned visibly slower in 3-minute trials). Rewards are clipped
     # to 1 as for Atari: every brick counts, and the C51 support [-10, 10] covers the discounted
-    # returns. Time-limited runs anneal beta over 5M env steps (about a CPU hour), not 50M.
+    # returns.
     "puffer": {
         "num_envs": 64, "batch_size": 256, "replay_ratio": 4.0, "learning_starts": 10_000,
         "buffer_size": 1_000_000, "lr": 5e-4, "target_update": 250,
-        "hidden": 128, "head_hidden": 0, "beta_anneal_steps": 5_000_000,
+        "hidden": 128, "head_hidden": 0,
     },  # fmt: skip
     # gymnasium classic control, tuned on CartPole (+1 per step, 500-step cap): a small net (64 units),
     # a small recent buffer, 4 envs, a replay ratio of 8 (the paper's), lr 1e-3 and a target copy
@@ -258,7 +262,7 @@ def q_loss(
 
 class Agent:
     def __init__(self, cfg: Config, ctx: AgentContext):
-        self.cfg, self.spec, self.device, self.n = cfg, ctx.spec, ctx.device, ctx.num_envs
+        self.cfg, self.ctx, self.spec, self.device, self.n = cfg, ctx, ctx.spec, ctx.device, ctx.num_envs
         self.online = QNetwork(ctx.spec, cfg).to(self.device)
         self.target = copy.deepcopy(self.online).requires_grad_(False)
         self._noise_online, self._noise_target = bind_noise(self.online), bind_noise(self.target)
@@ -271,9 +275,6 @@ class Agent:
             cfg.buffer_size, self.n, ctx.spec.obs_shape, ctx.spec.obs_dtype, n_step=cfg.n_step,
             gamma=cfg.gamma, prioritized=cfg.per, alpha=cfg.per_alpha, device=self.device,
         )  # fmt: skip
-        # beta reaches 1 at the end of the run's env-step budget; time-limited runs (no budget) use
-        # beta_anneal_steps (default 50M = the paper's 200M frames).
-        self.beta_steps = ctx.total_env_steps or cfg.beta_anneal_steps
         self.updates_per_step = self.n * cfg.replay_ratio / cfg.batch_size  # gradient steps of credit
         self.env_steps = 0
         self.grad_steps = 0
@@ -284,7 +285,7 @@ class Agent:
         self._sample_loss = compiled(self._sample_loss_eager)
         self._update_priorities = compiled(self.replay.update_priorities)
 
-    # --- schedules (functions of env steps) ---------------------------------------------------
+    # --- schedules: epsilon over env steps (the paper's), beta over the run's budget ----------
     def epsilon(self) -> float:
         if self.cfg.noisy:
             return 0.0
@@ -292,8 +293,8 @@ class Agent:
         return self.cfg.eps_start + frac * (self.cfg.eps_end - self.cfg.eps_start)
 
     def beta(self) -> float:
-        frac = min(1.0, self.env_steps / self.beta_steps)
-        return self.cfg.per_beta0 + frac * (1.0 - self.cfg.per_beta0)
+        """IS exponent, linear in the fraction of the run's budget spent (steps or time)."""
+        return self.cfg.per_beta0 + self.ctx.budget_used(self.env_steps) * (1.0 - self.cfg.per_beta0)
 
     # --- acting ---------------------------------------------------------------------------------
     def _greedy_eager(self, obs: torch.Tensor) -> torch.Tensor:
@@ -315,6 +316,10 @@ class Agent:
                 action = self._greedy_or_random(obs, self.cfg.eval_epsilon)
             self.online.train()
             return action
+        if first is not None:  # the envs were reset without an episode end (agents.api)
+            if not bool(first.all()):
+                raise ValueError("in training, act's first must be all True (the envs were reset) or None")
+            self.replay.cut()
         reset_noise(self._noise_online)
         with torch.inference_mode():
             action = self._greedy_or_random(obs, self.epsilon())
@@ -385,7 +390,8 @@ class Agent:
         if steps == 0:
             return None
         self.credit -= steps
-        beta = self.beta()
+        # progress: what beta anneals over, read with it
+        beta, progress = self.beta(), self.ctx.budget_used(self.env_steps)
         loss = q_mean = torch.zeros((), device=self.device)
         for _ in range(steps):
             step_loss, step_q = self._learn_step(beta)
@@ -397,6 +403,7 @@ class Agent:
             "q_mean": float(q_mean) / steps,  # predicted Q of the sampled actions
             "beta": beta if self.cfg.per else 0.0,
             "epsilon": self.epsilon(),
+            "progress": progress,
         }
         return metrics
 

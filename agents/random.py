@@ -13,7 +13,7 @@ from envs.base import EnvStep
 
 @dataclass(frozen=True)
 class Config:
-    num_envs: int = opt(8, "parallel environments")
+    num_envs: int = opt(8, "parallel environments", ge=1)
 
 
 PRESETS: dict[str, dict[str, Any]] = {"puffer": {"num_envs": 1024}}

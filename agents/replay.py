@@ -40,6 +40,7 @@ Typical use inside an agent::
 
     rb = Replay(capacity, num_envs, spec.obs_shape, spec.obs_dtype, n_step=3, gamma=0.99,
                 prioritized=True, alpha=0.5, device=device)
+    rb.cut()                                             # in act, first all True: envs reset (resume)
     rb.store_obs(obs)                                    # in act(explore=True): copies obs
     rb.store_outcome(action, reward, step.terminated, step.truncated, step.final_obs)  # observe
     if rb.num_samplable > 0:
@@ -83,6 +84,15 @@ def n_step_return(
     term_last = terminated.gather(1, last.unsqueeze(1)).squeeze(1)  # [B]
     discount = (gamma ** (last.float() + 1.0)) * (~term_last)  # [B]
     return ret, discount, last
+
+
+def importance_weights(prob: torch.Tensor, beta: float | torch.Tensor) -> torch.Tensor:
+    """Importance-sampling weights ``P(i)**-beta / max_batch P(j)**-beta`` [B] float32 for the
+    sampling probabilities ``prob`` [B] of a drawn batch (Schaul et al. 2016, sec. 3.4, normalised
+    by the batch maximum as Dopamine, CleanRL and BTR's code do). The paper's ``(N P(i))**-beta``
+    differs by the factor ``N**-beta``, which the normalisation cancels."""
+    w = prob.pow(-beta)  # [B]
+    return (w / w.max()).float()
 
 
 class SumTree:
@@ -300,6 +310,27 @@ class Replay:
             self._store_final(row, need.nonzero().squeeze(1), final_obs)
         self.steps += 1
 
+    def cut(self) -> None:
+        """Break every env's stream after the stored steps: the envs were reset without an episode
+        end (a resumed run), so the observation that followed the last stored step is lost and the
+        next :meth:`store_obs` begins a new episode. The last step is dropped (the next
+        :meth:`store_obs` rewrites its row) and the step before it becomes a truncation that
+        bootstraps from the observation it led to (still in the dropped row; copied to the final
+        observations), where it did not already end an episode. So no n-step window spans the
+        break and none loses its true next observation; the cost is one vector step of
+        transitions. The window that the rewritten row completes re-enters at the maximum
+        priority (its target is unchanged)."""
+        if self.steps == 0:
+            return
+        self.steps -= 1
+        if self.steps == 0:
+            return
+        row, prev = self.steps % self.rows, (self.steps - 1) % self.rows
+        open_ = ~(self.terminated[prev] | self.truncated[prev])  # [N] streams the cut ends
+        if bool(open_.any()):
+            self.truncated[prev] |= open_
+            self._store_final(prev, open_.nonzero().squeeze(1), self.obs[row])
+
     def _store_final(self, row: int, envs: torch.Tensor, final_obs: torch.Tensor) -> None:
         cap = self.final_obs.shape[0]
         slots = (self._final_ptr + torch.arange(envs.numel(), device=self.device)) % cap  # [M]
@@ -355,8 +386,7 @@ class Replay:
         batch = self.gather(idx)
         if self.prioritized:
             prob = self.tree.levels[-1][idx] / self.tree.total  # [B]
-            w = prob.pow(-beta)
-            batch.weight = (w / w.max()).float()
+            batch.weight = importance_weights(prob, beta)
         return batch
 
     def update_priorities(self, idx: torch.Tensor, priorities: torch.Tensor) -> None:

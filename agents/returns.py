@@ -59,3 +59,48 @@ def gae(
         last = deltas[t] + decay[t] * last
         adv[t] = last
     return adv
+
+
+def vtrace(
+    rewards: torch.Tensor,
+    values: torch.Tensor,
+    next_values: torch.Tensor,
+    terminated: torch.Tensor,
+    truncated: torch.Tensor,
+    gamma: float,
+    lam: float,
+    rho: torch.Tensor,
+    c: torch.Tensor,
+    form: str = "impala",
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """V-trace (Espeholt et al. 2018, arXiv:1802.01561): (policy-gradient advantages ``[T, N]``,
+    value targets ``v [T, N]``), with ``rho``, ``c`` the clipped importance weights as in :func:`gae`.
+
+    The value targets are eq. 1 in the paper's variant with lambda (``c_t = lam min(c_bar, pi/mu)``):
+    ``v_t - V_t = rho_t delta_t + gamma lam c_t (1 - done_t) (v_{t+1} - V_{t+1})``, i.e.
+    ``values + gae(..., rho, c)``. Two policy-gradient advantages:
+
+    * ``form="impala"`` (section 4.2): ``rho_t (r_t + gamma q_{t+1} - V_t)``, the next state's
+      estimate ``q_{t+1} = (1 - lam) V_{t+1} + lam v_{t+1}``: with lambda this is rlax's
+      ``vtrace_td_error_and_advantage`` (the paper writes it for lam = 1, where ``q = v``). Written
+      as a recursion it is ``rho_t (delta_t + gamma lam (1 - done_t) (v_{t+1} - V_{t+1}))``: the
+      continuation is weighted by ``rho_t``, the weight of the action taken at t. With
+      ``rho = c = 1`` it is exactly GAE.
+    * ``form="puffer"``: ``v_t - V_t`` itself, PufferLib 3.0's ``compute_puff_advantage``: the
+      continuation is weighted by ``c_t`` instead, so with ``c_bar > 1`` a trace can grow by up
+      to ``c_bar`` per step. The two forms agree where ``rho = c``.
+
+    ``next_values`` at the segment end is the bootstrap ``V(s_T)`` and ``v_T = V(s_T)`` (no data
+    beyond it); where a step ended its episode no credit crosses, as in :func:`gae`.
+    """
+    corr = gae(rewards, values, next_values, terminated, truncated, gamma, lam, rho, c)  # [T, N] v - V
+    if form == "puffer":
+        return corr, corr + values
+    if form != "impala":
+        raise ValueError(f"V-trace form {form!r}: choose impala or puffer")
+    not_term = 1.0 - terminated.float()  # [T, N]
+    not_done = 1.0 - (terminated | truncated).float()  # [T, N]
+    deltas = rewards + gamma * not_term * next_values - values  # [T, N]
+    nxt = torch.zeros_like(corr)  # [T, N] v_{t+1} - V_{t+1}; 0 past the segment end
+    nxt[:-1] = corr[1:]
+    return rho * (deltas + gamma * lam * not_done * nxt), corr + values

@@ -22,13 +22,16 @@ import envs
 from bench.config import parse_duration, parse_steps
 from bench.errors import UserError
 from bench.runner import RunSpec, allowed_cpus, run_local, run_ray
-from bench.results import RunDir
+from bench.results import RunDir, check_target_dir
 
 REUSE_KNOB = {"ppo": "epochs", "rainbow": "replay_ratio", "btr": "replay_ratio"}
 HORIZON_KNOB = {"ppo": "segment_length", "rainbow": "n_step", "btr": "n_step"}
 # Default budgets per family: ALE uses the literature's 10M env steps (40M frames); Ocean games
 # a wall-clock budget that shows real learning in minutes on a laptop CPU; gymnasium 300K steps.
 DEFAULT_BUDGET = {"ale": {"steps": 10_000_000}, "puffer": {"time_s": 120.0}, "gym": {"steps": 300_000}}
+# More runs than this in one command is more often a typo (--seeds 1000) than a plan; --max-runs
+# raises the cap. The count is printed before anything starts either way.
+MAX_RUNS = 1000
 
 
 def add_arguments(p: argparse.ArgumentParser, argv: list[str]) -> None:
@@ -51,6 +54,36 @@ def add_arguments(p: argparse.ArgumentParser, argv: list[str]) -> None:
     p.add_argument("--address", default=None, help="Ray cluster address (auto | HOST:PORT); default: start one")
     p.add_argument("--reps", type=int, default=2000, help="bootstrap repetitions for the report's CIs")
     p.add_argument("--no-report", action="store_true", help="run only; skip figures and summary")
+    add_max_runs(p)
+
+
+def add_max_runs(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--max-runs", type=int, default=MAX_RUNS,
+                   help=f"refuse to start more runs than this (default {MAX_RUNS}; the count is printed first)")  # fmt: skip
+
+
+def check_run_count(n: int, max_runs: int, what: str) -> None:
+    if max_runs < 1:
+        raise UserError(f"--max-runs {max_runs} must be >= 1")
+    if n > max_runs:
+        raise UserError(f"{what}: {n:,} runs is more than --max-runs {max_runs:,}; "
+                        f"pass --max-runs {n} to start them all")  # fmt: skip
+
+
+def check_out_root(out: Path) -> None:
+    """The folder compare and sweep write run folders under: creatable, and not itself a run."""
+    check_target_dir(out, "--out")
+    if (out / "config.json").exists():
+        raise UserError(f"--out {out} is a run folder (bench run); give compare and sweep a folder of their own")
+
+
+def make_out_root(out: Path) -> None:
+    """Create it once everything is checked (some folders pass the permission check and still
+    refuse a mkdir: /proc, a read-only mount)."""
+    try:
+        (out / "logs").mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise UserError(f"--out {out}: cannot create it ({e.strerror or e})") from None
 
 
 def parse_agent_options(items: list[str], agents: list[str]) -> dict[str, dict[str, str]]:
@@ -72,15 +105,21 @@ def _fmt_value(v: float) -> str:
 
 def expand(agents: list[str], game: str, seeds: int, out: Path, steps: int | None, time_s: float | None,
            options: dict[str, dict], reuse: list[float] | None, horizon: list[int] | None,
-           eval_episodes: int = 0) -> list[RunSpec]:  # fmt: skip
-    """agents x reuse x horizon x seeds -> run specs with equal budgets (validated up front)."""
+           eval_episodes: int = 0, spell=None) -> list[RunSpec]:  # fmt: skip
+    """agents x reuse x horizon x seeds -> run specs with equal budgets, every run's config
+    resolved and range-checked here, before any run starts. ``spell(agent, key, value)`` names
+    an agent option as the user gave it (default ``--agent-option AGENT.KEY=VALUE``)."""
+    from bench.config import RunConfig, check_run_config
     from bench.harness import load_agent_module, resolve
     from bench.perf import _typed
 
+    spell = spell or (lambda a, k, v: f"--agent-option {a}.{k}={v}")
+    check_run_config(RunConfig(agent=agents[0] if agents else "?", game=game, seed=max(seeds, 1), steps=steps,
+                               time_s=time_s, eval_episodes=eval_episodes))  # fmt: skip
     specs: list[RunSpec] = []
     for agent in agents:
         mod = load_agent_module(agent)
-        base = _typed(mod.Config, options.get(agent, {}))
+        base = _typed(mod.Config, options.get(agent, {}), lambda k, v, a=agent: spell(a, k, v))
         variants: list[tuple[str, dict]] = [(agent, {})]
         if reuse:
             if agent not in REUSE_KNOB:
@@ -99,11 +138,14 @@ def expand(agents: list[str], game: str, seeds: int, out: Path, steps: int | Non
                     raise UserError(f"--horizon {h}: must be >= 1")
             knob = HORIZON_KNOB[agent]
             variants = [(f"{lab}-h{h}", {**o, knob: h}) for lab, o in variants for h in horizon]
+        knob_flag = {REUSE_KNOB.get(agent): "--reuse", HORIZON_KNOB.get(agent): "--horizon"}
         for label, extra in variants:
             overrides = {**base, **extra}
-            from bench.config import RunConfig
 
-            resolve(RunConfig(agent=agent, game=game), overrides)  # validates names and values now
+            def named(k, v, a=agent, extra=extra, flags=knob_flag):
+                return f"{flags[k]} {v}" if k in extra else spell(a, k, v)
+
+            resolve(RunConfig(agent=agent, game=game), overrides, named)  # validates names and values now
             for seed in range(1, seeds + 1):
                 specs.append(RunSpec(agent=agent, game=game, seed=seed, label=label, steps=steps, time_s=time_s,
                                      overrides=overrides, eval_episodes=eval_episodes,
@@ -115,7 +157,7 @@ def check_existing(specs: list[RunSpec]) -> None:
     """Refuse up front if --out already holds runs with other budgets or options."""
     for s in specs:
         rd = RunDir(s.out)
-        if rd.status == "new":
+        if rd.check() == "new":  # a folder that is neither new nor an intact run is refused here
             continue
         cfg = rd.config()
         prev = cfg["run"]
@@ -153,6 +195,12 @@ def main(args: argparse.Namespace) -> int:
         raise UserError("--agents is empty: name at least one agent, e.g. --agents ppo rainbow")
     if args.seeds < 1:
         raise UserError(f"--seeds {args.seeds} must be >= 1")
+    if args.workers is not None and not 1 <= args.workers <= len(allowed_cpus()):
+        raise UserError(f"--workers {args.workers} must be in [1, {len(allowed_cpus())}] (the cores available)")
+    if args.reps < 1:
+        raise UserError(f"--reps {args.reps} must be >= 1")
+    if args.out == "":
+        raise UserError("--out '': empty path (give a folder, or leave --out out for runs/compare-<game>)")
     try:
         envs.check_game(args.game)
     except envs.UnknownGame as e:
@@ -162,10 +210,14 @@ def main(args: argparse.Namespace) -> int:
         d = DEFAULT_BUDGET[envs.family_of(args.game)]
         steps, time_s = d.get("steps"), d.get("time_s")
     out = Path(args.out or f"runs/compare-{args.game.replace(':', '_').replace('/', '_')}")
+    check_out_root(out)
+    n_runs = len(agents) * len(args.reuse or [0]) * len(args.horizon or [0]) * args.seeds
+    check_run_count(n_runs, args.max_runs, "compare")
     options = parse_agent_options(args.agent_option, agents)
     specs = expand(agents, args.game, args.seeds, out, steps, time_s, options, args.reuse, args.horizon,
                    args.eval_episodes)  # fmt: skip
     check_existing(specs)
+    make_out_root(out)
     workers = args.workers or min(len(allowed_cpus()), len(specs))
     budget = " and ".join(x for x in (steps and f"{steps:,} env_steps", time_s and f"{time_s:g} s training wall clock") if x)
     print(f"compare: {len(specs)} runs ({', '.join(agents)} x {args.seeds} seeds"

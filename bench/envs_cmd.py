@@ -58,8 +58,10 @@ def measure_harness(game: str, num_envs: int, seconds: float, threads: int | Non
 
 def main(args: argparse.Namespace) -> int:
     seconds = parse_duration(args.seconds, "--seconds")
-    if args.num_envs is not None and args.num_envs < 1:
-        raise UserError(f"--num-envs {args.num_envs} must be >= 1")
+    if args.num_envs is not None and not 1 <= args.num_envs <= 1_000_000:
+        raise UserError(f"--num-envs {args.num_envs} must be in [1, 1000000]")
+    if args.threads is not None and not 1 <= args.threads <= 4096:
+        raise UserError(f"--threads {args.threads} must be in [1, 4096]")
     for game in args.game:
         try:
             envs.check_game(game)

@@ -12,12 +12,17 @@ transitions consumed by gradient steps, once per use; ``wall_s`` is training wal
 evaluation and checkpoint writes excluded (their seconds are recorded separately).
 
 Budgets: ``steps`` (env steps, rounded up to whole vector steps) and/or ``time_s`` (training
-wall clock); whichever ends first.
+wall clock); whichever ends first. Agents' annealing schedules read the fraction of it spent
+(``AgentContext.progress``, the larger of the two fractions): the harness keeps the clock, the
+agents see a number. Under a time budget that number, and so each schedule, depends on the
+machine's speed.
 
 Resume: a checkpoint holds the agent, the meter, the RNG states and how many rows each log had.
 Rerunning on an unfinished folder loads it, drops rows written after it, resets the envs with a
 seed derived from the run seed and the step count (episodes in flight at the checkpoint are
-abandoned: their partial returns are never reported) and continues counters and wall clock.
+abandoned: their partial returns are never reported) and continues counters and wall clock, so
+the budget fraction continues too. The first ``act`` after the reset gets ``first`` all True, so
+the agent closes what it had stored across the break (:mod:`agents.api`).
 """
 
 from __future__ import annotations
@@ -38,7 +43,7 @@ import torch
 import agents
 import envs
 from agents.api import AgentContext
-from bench.config import RunConfig, resolve_agent_config
+from bench.config import RunConfig, Spell, check_run_config, resolve_agent_config
 from bench.errors import RunFailed, UserError
 from bench.fingerprint import fingerprint
 from bench.meter import UNTIMED_BY_BUDGET, Meter, RecentRate, count_flops, trainable_params
@@ -114,14 +119,15 @@ def load_agent_module(name: str):
         raise UserError(f"unknown agent {name!r}{hint} (agents: {', '.join(names)})") from None
 
 
-def resolve(run: RunConfig, overrides: dict[str, Any]):
-    """(agent module, resolved agent config) for a run; raises UserError on bad names/options."""
+def resolve(run: RunConfig, overrides: dict[str, Any], spell: Spell | None = None):
+    """(agent module, resolved agent config) for a run; raises UserError on bad names/options,
+    naming each option as ``spell(field, value)`` does (default: ``--lr -1.0``)."""
     mod = load_agent_module(run.agent)
     try:
         envs.check_game(run.game)
     except envs.UnknownGame as e:
         raise UserError(str(e)) from None
-    cfg = resolve_agent_config(mod.Config, getattr(mod, "PRESETS", None), envs.family_of(run.game), overrides)
+    cfg = resolve_agent_config(mod.Config, getattr(mod, "PRESETS", None), envs.family_of(run.game), overrides, spell)
     return mod, cfg
 
 
@@ -147,9 +153,21 @@ def _finite(metrics: dict) -> str | None:
     return None
 
 
-def evaluate(agent, env, episodes: int, seed: int) -> list[float]:
+@dataclasses.dataclass
+class EvalResult:
+    """What one evaluation saw: ``returns`` of the episodes that finished within the cap, and
+    ``capped``, the partial returns of the episodes still running when the cap was hit (one per env
+    short of its quota; episodes that never started are in neither)."""
+
+    returns: list[float]
+    capped: list[float]
+
+
+def evaluate(agent, env, episodes: int, seed: int, max_vector_steps: int = EVAL_MAX_VECTOR_STEPS) -> EvalResult:
     """Greedy (explore=False) full-game returns. Each env plays a fixed quota of episodes, so
-    short episodes are not over-represented; episodes past the cap are dropped (not counted)."""
+    short episodes are not over-represented. Episodes still running after ``max_vector_steps``
+    vector steps cannot be scored: they are left out of ``returns``, which favours short episodes,
+    and reported in ``capped`` at their partial return (a lower bound when rewards are >= 0)."""
     n = env.num_envs
     quota = torch.full((n,), math.ceil(episodes / n), dtype=torch.int64)
     quota[: n * int(quota[0]) - episodes] -= 1  # exactly `episodes` in total
@@ -158,7 +176,7 @@ def evaluate(agent, env, episodes: int, seed: int) -> list[float]:
     returns: list[float] = []
     obs = env.reset(seed)
     first = torch.ones(n, dtype=torch.bool)  # [N] envs whose obs starts an episode
-    for _ in range(EVAL_MAX_VECTOR_STEPS):
+    for _ in range(max_vector_steps):
         step = env.step(agent.act(obs, explore=False, first=first))
         first = step.done.cpu()
         done = first
@@ -172,7 +190,8 @@ def evaluate(agent, env, episodes: int, seed: int) -> list[float]:
         if bool((done_count >= quota).all()):
             break
         obs = step.obs
-    return returns
+    capped = [float(ret[i]) for i in (done_count < quota).nonzero().squeeze(1).tolist()]
+    return EvalResult(returns, capped)
 
 
 class _Progress:
@@ -217,12 +236,11 @@ def train(
     """Run (or resume) one training run into ``out``; return its compute summary.
 
     Raises UserError for bad input, RunFailed when a loss goes NaN/inf (files kept, marked)."""
-    if run.steps is None and run.time_s is None:
-        raise UserError("give a budget: --steps and/or --time")
+    check_run_config(run)
     overrides = dict(overrides or {})
     mod, cfg = resolve(run, overrides)
     rd = RunDir(out)
-    status = rd.status
+    status = rd.check()  # new, or a run whose config and ledgers are intact; else one-line UserError
     device = pick_device(run.device)
     threads = run.threads or (len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count())
     torch.set_num_threads(threads)
@@ -246,7 +264,9 @@ def train(
     env = envs.make(run.game, cfg.num_envs, device, protocol=run.protocol, num_threads=threads)
     spec, n = env.spec, env.num_envs
     total = None if run.steps is None else math.ceil(run.steps / n) * n
-    ctx = AgentContext(spec=spec, num_envs=n, device=device, total_env_steps=total)
+    # progress: budget_used() below, which reads the clock; agents see only the fraction.
+    ctx = AgentContext(spec=spec, num_envs=n, device=device, total_env_steps=total,
+                       progress=lambda: budget_used())  # fmt: skip
     agent = mod.Agent(cfg, ctx)
     meter = Meter(device=device)
 
@@ -270,6 +290,8 @@ def train(
         agent.load_state_dict(ckpt["agent"])
         meter.load_state_dict(ckpt["meter"])
         _set_rng_state(ckpt["rng"])
+        for name, log in logs.items():  # every ledger checked before any is cut
+            log.check_rows(ckpt["rows"].get(name, 0))
         for name, log in logs.items():
             log.truncate(ckpt["rows"].get(name, 0))
         next_log, next_eval, wall_prior = ckpt["next_log"], ckpt["next_eval"], ckpt["train_wall_s"]
@@ -304,6 +326,16 @@ def train(
             return False
         return run.time_s is None or wall() < run.time_s
 
+    def budget_used() -> float:
+        """Fraction of the budget spent, of whichever budget ends first (the larger fraction), in
+        [0, 1]: what agents' schedules anneal over (``AgentContext.progress``). It continues across
+        a resume, as the counters and wall clock do. Under a time budget it depends on the
+        machine's speed."""
+        frac = 0.0 if total is None else c.env_steps / total
+        if run.time_s is not None:
+            frac = max(frac, wall() / run.time_s)
+        return min(frac, 1.0)
+
     def checkpoint() -> None:
         w = wall()
         with meter.phase("checkpoint"):
@@ -321,10 +353,13 @@ def train(
             if eval_env is None:
                 eval_env = envs.make(run.game, min(run.eval_episodes, 16), device, protocol=run.protocol,
                                      num_threads=threads)  # fmt: skip
-            rets = evaluate(agent, eval_env, run.eval_episodes, seed=run.seed + 7_777_777 + c.env_steps)
+            res = evaluate(agent, eval_env, run.eval_episodes, seed=run.seed + 7_777_777 + c.env_steps)
+        rets = res.returns
         row = {"wall_s": wall(), "env_steps": c.env_steps, "frames": c.frames, "grad_samples": c.grad_samples,
                "eval_episodes": len(rets), "eval_return_mean": float(np.mean(rets)) if rets else None,
-               "eval_return_std": float(np.std(rets)) if rets else None}  # fmt: skip
+               "eval_return_std": float(np.std(rets)) if rets else None,
+               "eval_episodes_capped": len(res.capped),
+               "eval_capped_return_mean": float(np.mean(res.capped)) if res.capped else None}  # fmt: skip
         logs["eval"].write(row)
         if tb is not None and rets:
             tb.add_scalar("eval/return", row["eval_return_mean"], c.env_steps)
@@ -336,10 +371,14 @@ def train(
     last_ret: float | None = None
     t_start = time.perf_counter()
     t_ckpt = t_start
+    # [N] the envs were just reset: at a resume every env's stream breaks without an episode end,
+    # and the agent must not join what it stored before to what comes now (agents.api).
+    first: torch.Tensor | None = torch.ones(n, dtype=torch.bool, device=obs.device)
     try:
         while budget_left():
             with meter.phase("act"):
-                actions = agent.act(obs)
+                actions = agent.act(obs, first=first)
+                first = None
             with meter.phase("env"):
                 step = env.step(actions)
                 c.env_steps += n

@@ -44,30 +44,44 @@ def _parse_kv(items: list[str]) -> dict:
     return out
 
 
-def _typed(cls, overrides: dict) -> dict:
-    """Convert KEY=VALUE strings to the config field types."""
+def _typed(cls, overrides: dict, spell=None) -> dict:
+    """Convert KEY=VALUE strings to the config field types; values that are not strings (TOML)
+    are kept for :func:`bench.config.resolve_agent_config` to check. Errors name the option as
+    ``spell(key, value)`` gives it (default ``--agent-option AGENT.KEY=VALUE``)."""
     import dataclasses
     import typing
 
     from bench.config import _converter, _unwrap
 
+    owner = cls.__module__.rsplit(".", 1)[-1]
+    spell = spell or (lambda k, v: f"--agent-option {owner}.{k}={v}")
     hints = typing.get_type_hints(cls)
     names = {f.name for f in dataclasses.fields(cls)}
     out = {}
     for k, v in overrides.items():
         if k not in names:
-            raise UserError(f"--baseline: unknown agent option {k!r}")
+            import difflib
+
+            close = difflib.get_close_matches(k, sorted(names), n=2, cutoff=0.6)
+            hint = f" (did you mean {' or '.join(close)}?)" if close else f" (see bench run --agent {owner} --help)"
+            raise UserError(f"{spell(k, v)}: {owner} has no option {k!r}{hint}")
         tp, optional = _unwrap(hints[k])
-        if not isinstance(v, str):  # already typed (TOML): the Config constructor checks it
+        if not isinstance(v, str):  # already typed (TOML): resolve_agent_config checks it
             out[k] = v
         elif tp is bool:
+            if v.lower() not in ("1", "true", "yes", "on", "0", "false", "no", "off"):
+                raise UserError(f"{spell(k, v)}: expected true or false")
             out[k] = v.lower() in ("1", "true", "yes", "on")
         else:
             try:
                 out[k] = _converter(tp, optional, k)(v)
-            except argparse.ArgumentTypeError as e:
-                raise UserError(str(e)) from None
+            except argparse.ArgumentTypeError:
+                raise UserError(f"{spell(k, v)}: expected {'an int' if tp is int else 'a ' + tp.__name__}") from None
     return out
+
+
+def _baseline_spelling(k: str, v) -> str:
+    return f"--baseline {k}={v}"
 
 
 def measure(agent: str, game: str, overrides: dict, seconds: float, seed: int, threads, device) -> dict:
@@ -118,14 +132,25 @@ def _line(r: dict) -> str:
 
 
 def main(args: argparse.Namespace) -> int:
+    from bench.config import check_run_config
+    from bench.harness import load_agent_module, pick_device, resolve
+
     seconds = parse_duration(args.seconds, "--seconds")
     overrides = {k: v for k, v in vars(args).items() if k not in _KEYS}
+    # Everything both measurements need is checked before the first one starts.
+    run0 = check_run_config(RunConfig(agent=args.agent, game=args.game, seed=args.seed, time_s=seconds,
+                                      threads=args.threads, device=args.device),
+                            spell=lambda k, v: f"{'--seconds' if k == 'time_s' else '--' + k.replace('_', '-')} {v}")  # fmt: skip
+    pick_device(args.device)
+    resolve(run0, overrides)
+    base_over = None
+    if args.baseline:
+        typed = _typed(load_agent_module(args.agent).Config, _parse_kv(args.baseline), _baseline_spelling)
+        base_over = {**overrides, **typed}
+        resolve(run0, base_over, lambda k, v: _baseline_spelling(k, v) if k in typed else f"--{k.replace('_', '-')} {v}")
     res = measure(args.agent, args.game, overrides, seconds, args.seed, args.threads, args.device)
     out = dict(res)
-    if args.baseline:
-        from bench.harness import load_agent_module
-
-        base_over = {**overrides, **_typed(load_agent_module(args.agent).Config, _parse_kv(args.baseline))}
+    if base_over is not None:
         base = measure(args.agent, args.game, base_over, seconds, args.seed, args.threads, args.device)
         out["baseline"] = base
         out["speedup"] = res["sps"] / base["sps"] if base["sps"] else None

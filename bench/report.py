@@ -37,9 +37,16 @@ def add_arguments(p: argparse.ArgumentParser, argv: list[str] | None = None) -> 
 
 
 def main(args: argparse.Namespace) -> int:
+    from bench.results import check_target_dir
     from plots.report import Options, build_report
 
+    if args.out == "":
+        raise UserError("--out '': empty path (give a folder, or leave --out out for DIR/report)")
+    if "" in args.dirs:
+        raise UserError("DIR '': empty path (give run folders, or folders holding them)")
     out = Path(args.out) if args.out else Path(args.dirs[0]) / "report"
+    if args.out:  # the default, DIR/report, is checked with DIR (and on creation)
+        check_target_dir(out, "--out")
     formats = tuple(f.strip().lower() for f in args.formats.split(",") if f.strip())
     bad = [f for f in formats if f not in ("png", "pdf", "svg")]
     if bad or not formats:
@@ -48,6 +55,8 @@ def main(args: argparse.Namespace) -> int:
                    allow_mixed=args.allow_mixed, score=args.score, formats=formats,
                    command="bench " + " ".join(shlex.quote(a) for a in sys.argv[1:]))  # fmt: skip
     num, files = build_report(args.dirs, opts)
+    for p, why in num.skipped:  # damaged runs are listed in the report too (summary.md, summary.json)
+        print(f"bench: warning: {p}: {why}; left out of the report", file=sys.stderr)
     _print_table(num)
     print(f"wrote {len(files)} files to {out}:")
     for f in files:

@@ -6,7 +6,7 @@ import argparse
 import shlex
 import sys
 
-from bench.config import RunConfig, add_config_options, parse_duration, parse_steps
+from bench.config import RunConfig, add_config_options, check_run_config, parse_duration, parse_steps
 from bench.errors import UserError
 
 
@@ -53,12 +53,9 @@ RUN_KEYS = {"agent", "game", "seed", "steps", "time", "eval_every", "eval_episod
 
 
 def run_config_from_args(args: argparse.Namespace) -> tuple[RunConfig, dict]:
+    """The run config (every field range-checked) and the agent overrides the user typed."""
     if args.steps is None and args.time is None:
         raise UserError("give a budget: --steps N and/or --time T")
-    if args.eval_episodes < 0:
-        raise UserError(f"--eval-episodes {args.eval_episodes} must be >= 0")
-    if args.threads is not None and args.threads < 1:
-        raise UserError(f"--threads {args.threads} must be >= 1")
     run = RunConfig(
         agent=args.agent,
         game=args.game,
@@ -76,13 +73,15 @@ def run_config_from_args(args: argparse.Namespace) -> tuple[RunConfig, dict]:
         tensorboard=args.tensorboard,
     )
     overrides = {k: v for k, v in vars(args).items() if k not in RUN_KEYS}
-    return run, overrides
+    return check_run_config(run), overrides
 
 
 def main(args: argparse.Namespace) -> int:
     from bench.harness import train
 
     run, overrides = run_config_from_args(args)
+    if args.out == "":
+        raise UserError("--out '': empty path (give a run folder, or leave --out out for runs/<agent>-<game>-s<seed>)")
     out = args.out or f"runs/{run.agent}-{run.game.replace(':', '_').replace('/', '_')}-s{run.seed}"
     command = "bench " + " ".join(shlex.quote(a) for a in sys.argv[1:])
     summary = train(run, overrides, out=out, command=command, progress=True)

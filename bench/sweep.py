@@ -28,7 +28,7 @@ import tomllib
 from pathlib import Path
 
 import envs
-from bench.compare import check_existing, expand
+from bench.compare import add_max_runs, check_existing, check_out_root, check_run_count, expand, make_out_root
 from bench.config import parse_duration, parse_steps
 from bench.errors import UserError
 from bench.runner import allowed_cpus, run_local, run_ray
@@ -46,16 +46,29 @@ def add_arguments(p: argparse.ArgumentParser, argv: list[str]) -> None:
     p.add_argument("--gpus-per-run", type=float, default=0.0, help="Ray: GPUs requested per run (default 0)")
     p.add_argument("--out", default=None, help="output folder (default runs/<name>)")
     p.add_argument("--report", action="store_true", help="write the report when all runs are done")
+    add_max_runs(p)
+
+
+def _count(v) -> bool:
+    """A whole number from TOML (``true`` is a bool, not a count)."""
+    return isinstance(v, int) and not isinstance(v, bool)
 
 
 def load_sweep(path: str) -> dict:
+    """The sweep file, with every top-level key's type and range checked (one line on error)."""
+    if path == "":
+        raise UserError("sweep file '': empty path")
     try:
         with open(path, "rb") as f:
             cfg = tomllib.load(f)
     except FileNotFoundError:
         raise UserError(f"{path}: no such sweep file") from None
+    except IsADirectoryError:
+        raise UserError(f"{path}: is a folder; give a sweep file (TOML), e.g. experiments/*.toml") from None
+    except OSError as e:
+        raise UserError(f"{path}: cannot read ({e.strerror or e})") from None
     except (tomllib.TOMLDecodeError, UnicodeDecodeError) as e:
-        raise UserError(f"{path}: malformed TOML ({e})") from None
+        raise UserError(f"{path}: malformed TOML ({str(e).splitlines()[0]})") from None
     unknown = sorted(set(cfg) - KNOWN_KEYS)
     if unknown:
         raise UserError(f"{path}: unknown key(s) {', '.join(unknown)} (known: {', '.join(sorted(KNOWN_KEYS))})")
@@ -75,7 +88,40 @@ def load_sweep(path: str) -> dict:
         for k, v in grid.items():
             if not isinstance(v, list) or not v:
                 raise UserError(f"{path}: grid.{agent}.{k} must be a non-empty list")
+    if "name" in cfg and (not isinstance(cfg["name"], str) or not cfg["name"].strip()):
+        raise UserError(f"{path}: name = {cfg['name']!r} must be a non-empty string")
+    seeds = cfg.get("seeds", 1)
+    if not ((_count(seeds) and seeds >= 1) or (isinstance(seeds, list) and seeds
+                                               and all(_count(x) and x >= 1 for x in seeds))):  # fmt: skip
+        raise UserError(f"{path}: seeds = {seeds!r} must be a positive count or a non-empty list of positive ints")
+    for key, kind, low in (("reuse", (int, float), 0), ("horizon", int, 0)):
+        v = cfg.get(key)
+        if v is not None and (not isinstance(v, list) or not v
+                              or not all(isinstance(x, kind) and not isinstance(x, bool) and x > low for x in v)):  # fmt: skip
+            what = "positive numbers" if key == "reuse" else "whole numbers >= 1"
+            raise UserError(f"{path}: {key} = {v!r} must be a non-empty list of {what} (or left out)")
+    ev = cfg.get("eval_episodes", 0)
+    if not _count(ev) or ev < 0:
+        raise UserError(f"{path}: eval_episodes = {ev!r} must be a whole number >= 0")
+    w = cfg.get("workers")
+    if w is not None and (not _count(w) or w < 1):
+        raise UserError(f"{path}: workers = {w!r} must be a whole number >= 1")
     return cfg
+
+
+def run_count(cfg: dict) -> int:
+    """How many runs the file expands into (before expanding it)."""
+    seeds = cfg.get("seeds", 1)
+    n_seeds = seeds if isinstance(seeds, int) else len(set(seeds))
+    per_agent = len(cfg.get("reuse") or [0]) * len(cfg.get("horizon") or [0]) * n_seeds
+    total = 0
+    for agent in cfg["agents"]:
+        grid = cfg.get("grid", {}).get(agent, {})
+        combos = 1
+        for v in grid.values():
+            combos *= len(v)
+        total += combos * per_agent
+    return total * len(cfg["games"])
 
 
 def specs_from(cfg: dict, out: Path, path: str):
@@ -83,8 +129,8 @@ def specs_from(cfg: dict, out: Path, path: str):
     seed_list = list(range(1, seeds + 1)) if isinstance(seeds, int) else seeds
     if not isinstance(seed_list, list) or not seed_list or not all(isinstance(s, int) and s >= 1 for s in seed_list):
         raise UserError(f"{path}: seeds must be a positive count or a list of positive ints")
-    steps = parse_steps(cfg.get("steps"), "steps") if cfg.get("steps") is not None else None
-    time_s = parse_duration(cfg.get("time"), "time") if cfg.get("time") is not None else None
+    steps = parse_steps(cfg.get("steps"), f"{path}: steps =") if cfg.get("steps") is not None else None
+    time_s = parse_duration(cfg.get("time"), f"{path}: time =") if cfg.get("time") is not None else None
     specs = []
     for game in cfg["games"]:
         try:
@@ -96,8 +142,12 @@ def specs_from(cfg: dict, out: Path, path: str):
             keys = sorted(grid)
             for combo in itertools.product(*(grid[k] for k in keys)) if keys else [()]:
                 opts = {**cfg.get("options", {}).get(agent, {}), **dict(zip(keys, combo))}
+
+                def spell(a, k, v, keys=keys):
+                    return f"{path}: [{'grid' if k in keys else 'options'}.{a}] {k} = {v!r}"
+
                 sub = expand([agent], game, max(seed_list), out, steps, time_s, {agent: opts}, cfg.get("reuse"),
-                             cfg.get("horizon"), int(cfg.get("eval_episodes", 0)))  # fmt: skip
+                             cfg.get("horizon"), cfg.get("eval_episodes", 0), spell)  # fmt: skip
                 suffix = "".join(f"-{k}{v}" for k, v in zip(keys, combo))
                 for s in sub:
                     if s.seed not in seed_list:
@@ -110,11 +160,22 @@ def specs_from(cfg: dict, out: Path, path: str):
 
 
 def main(args: argparse.Namespace) -> int:
+    for flag, v in (("--workers", args.workers), ("--cpus-per-run", args.cpus_per_run)):
+        if v is not None and v < 1:
+            raise UserError(f"{flag} {v} must be >= 1")
+    if not 0 <= args.gpus_per_run < 1e6:
+        raise UserError(f"--gpus-per-run {args.gpus_per_run} must be >= 0")
+    if args.out == "":
+        raise UserError("--out '': empty path (give a folder, or leave --out out for runs/<name>)")
     cfg = load_sweep(args.file)
     out = Path(args.out or f"runs/{cfg.get('name') or Path(args.file).stem}")
+    check_out_root(out)
+    n = run_count(cfg)
+    print(f"sweep {args.file}: {n:,} runs into {out} ({args.backend} backend)", flush=True)
+    check_run_count(n, args.max_runs, f"sweep {args.file}")
     specs = specs_from(cfg, out, args.file)
     check_existing(specs)
-    print(f"sweep {args.file}: {len(specs)} runs into {out} ({args.backend} backend)", flush=True)
+    make_out_root(out)
     if args.backend == "ray":
         results = run_ray(specs, args.address, args.cpus_per_run, args.gpus_per_run, out / "logs")
     else:

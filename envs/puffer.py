@@ -27,10 +27,20 @@ from envs.base import EnvSpec, EnvStep
 def _ocean():
     # pufferlib.spaces imports the unmaintained `gym`, which prints a deprecation banner to stderr
     # on import; it says nothing about our use (only the Ocean C envs), so keep it off the console.
-    with warnings.catch_warnings(), contextlib.redirect_stderr(io.StringIO()):
-        warnings.simplefilter("ignore")
-        import pufferlib
-        from pufferlib.ocean import environment
+    # pufferlib/__init__.py also symlinks its render assets as ./resources into the current
+    # folder (and fails to import where that folder is read-only). We never render: keep every
+    # bench command, even a typo'd game name, from writing into the user's folder.
+    import os
+
+    symlink = os.symlink
+    os.symlink = lambda *a, **kw: None
+    try:
+        with warnings.catch_warnings(), contextlib.redirect_stderr(io.StringIO()):
+            warnings.simplefilter("ignore")
+            import pufferlib
+            from pufferlib.ocean import environment
+    finally:
+        os.symlink = symlink
 
     return pufferlib, environment
 

@@ -6,10 +6,12 @@ recursively and stops descending at the first ``config.json``.
 
 Nothing is dropped silently. A run is ``ok`` (``done`` marker), ``failed`` (``failed`` marker,
 with its reason) or ``incomplete`` (neither: crashed, killed or still running); all three are
-loaded with the rows they have. Rows that cannot be parsed (the torn last line of a killed
-writer) are counted in ``Run.torn_rows``. A folder whose ``config.json`` cannot be read cannot
-be attributed to an agent or a game: it is returned in the ``skipped`` list with the reason, and
-the report prints it.
+loaded with the rows they have. The torn last line of a killed writer (no final newline) is not
+used and is counted in ``Run.torn_rows``. A folder whose ``config.json`` cannot be read cannot
+be attributed to an agent or a game, and a run whose ledgers are damaged (metrics.csv or
+eval.csv empty, with the wrong columns or with a row that is not numbers; compute.json that is
+not JSON; a finished run without metrics.csv) cannot be trusted: both are returned in the
+``skipped`` list with the reason ("damaged: ..."), never aggregated, and the report lists them.
 """
 
 from __future__ import annotations
@@ -31,7 +33,7 @@ from bench.errors import UserError
 METRIC_COLUMNS = ["wall_s", "env_steps", "frames", "episodes", "grad_steps", "grad_samples",
                   "reuse_ratio", "sps", "episode_return", "episode_length"]  # fmt: skip
 EVAL_COLUMNS = ["wall_s", "env_steps", "frames", "grad_samples", "eval_episodes", "eval_return_mean",
-                "eval_return_std"]  # fmt: skip
+                "eval_return_std", "eval_episodes_capped", "eval_capped_return_mean"]  # fmt: skip
 PHASES = ("env", "act", "learn", "eval")
 
 # Agent config fields that set the bootstrap horizon, first match wins: PPO's rollout segment
@@ -39,35 +41,37 @@ PHASES = ("env", "act", "learn", "eval")
 HORIZON_FIELDS = ("segment_length", "n_step")
 
 
-def read_csv(path: Path) -> tuple[dict[str, np.ndarray], int]:
-    """Numeric columns of a result CSV and the number of rows that could not be parsed.
-
-    Empty fields become NaN. A row with the wrong field count, a non-number, or no final newline
-    (a writer killed mid-line) is not used and is counted instead."""
+def read_ledger(path: Path, required: tuple[str, ...]) -> tuple[dict[str, np.ndarray], int, str | None]:
+    """(numeric columns, torn rows, damage) of a result CSV. Empty fields become NaN. A torn last
+    row (no final newline: a writer killed mid-line) is not used and is counted; any other damage
+    is returned as a one-line reason, with no columns. ``required``: columns the header must
+    hold. A missing file is no damage (a run that has not written it yet)."""
+    name = path.name
     try:
         text = path.read_text()
     except FileNotFoundError:
-        return {}, 0
-    except (OSError, UnicodeDecodeError):
-        return {}, 1
+        return {}, 0, None
+    except (OSError, UnicodeDecodeError) as e:
+        return {}, 0, f"{name} unreadable ({e.__class__.__name__})"
     lines = text.split("\n")
-    header = lines[0].strip().split(",") if lines[0].strip() else []
+    body, tail = lines[1:-1], lines[-1]
+    header = lines[0].split(",") if len(lines) > 1 and lines[0].strip() else []
     if not header:
-        return {}, 0
-    body, tail = lines[1:-1], lines[-1]  # `tail` is whatever followed the last newline
+        return {}, 0, f"{name} is empty (no header)"
+    missing = [c for c in required if c not in header]
+    if missing:
+        return {}, 0, f"{name} has the wrong columns (no {', '.join(missing[:3])})"
     rows: list[list[float]] = []
-    torn = 1 if tail.strip() else 0
-    for line in body:
+    for i, line in enumerate(body, start=2):
         fields = line.split(",")
-        if len(fields) != len(header):
-            torn += 1
-            continue
         try:
+            if len(fields) != len(header):
+                raise ValueError
             rows.append([float(f) if f.strip() else math.nan for f in fields])
         except ValueError:
-            torn += 1
+            return {}, 0, f"{name} line {i} is not a row of {len(header)} numbers ({line[:30]!r})"
     arr = np.asarray(rows, dtype=np.float64).reshape(len(rows), len(header))
-    return {h: arr[:, j] for j, h in enumerate(header)}, torn
+    return {h: arr[:, j] for j, h in enumerate(header)}, 1 if tail.strip() else 0, None
 
 
 def _json(path: Path) -> dict | None:
@@ -250,9 +254,16 @@ def load_run(path: Path) -> Run | str:
     run = cfg.get("run")
     if not isinstance(run, dict) or not run.get("agent") or not run.get("game"):
         return "config.json has no run.agent / run.game (not an onoff-bench run)"
-    metrics, torn_m = read_csv(path / "metrics.csv")
-    evals, torn_e = read_csv(path / "eval.csv")
+    metrics, torn_m, bad_m = read_ledger(path / "metrics.csv", tuple(METRIC_COLUMNS))
+    evals, torn_e, bad_e = read_ledger(path / "eval.csv", ("env_steps", "eval_episodes", "eval_return_mean"))
     compute = _json(path / "compute.json") or {}
+    damage = bad_m or bad_e
+    if not damage and (path / "compute.json").exists() and not compute:
+        damage = "compute.json is not a JSON object"
+    if not damage and (path / "done").exists() and not (path / "metrics.csv").exists():
+        damage = "finished, but metrics.csv is missing"
+    if damage:
+        return f"damaged: {damage}"
     if (path / "done").exists():
         status, reason = "ok", ""
     elif (path / "failed").exists():

@@ -132,6 +132,21 @@ def final_score(run: Run, n: int, source: str) -> RunScore:
     return RunScore(v, "train", eps, float(norm(v)) if norm and math.isfinite(v) else math.nan)
 
 
+def capped_eval_warning(run: Run, scored_by_eval: bool) -> str | None:
+    """A warning when evaluations of ``run`` hit their step cap with episodes unfinished (eval.csv
+    ``eval_episodes_capped`` > 0): those episodes are left out of the evaluation mean, which then
+    favours short episodes. None when none did (or the run predates the column)."""
+    capped = np.nan_to_num(run.evals.get("eval_episodes_capped", np.zeros(0)))
+    if not (capped > 0).any():
+        return None
+    final = " including the last, which gives its final score" if scored_by_eval and capped[-1] > 0 else ""
+    return (
+        f"WARNING {run.path}: {int((capped > 0).sum())} of {len(capped)} evaluation(s){final} hit the "
+        f"evaluation step cap with {int(capped.sum())} episode(s) unfinished; their returns are left out "
+        "of eval_return_mean (biased towards short episodes; partial returns in eval_capped_return_mean)"
+    )
+
+
 def has_eval(run: Run) -> bool:
     return bool(np.isfinite(run.evals.get("eval_return_mean", np.zeros(0))).any())
 
@@ -176,6 +191,10 @@ def _sig(v: float, digits: int = 2) -> float:
 
 def compute(runs: list[Run], skipped: list[tuple[Path, str]], opts: Options) -> Numbers:
     """Every number of the report; no drawing."""
+    if not runs and skipped:
+        p, why = skipped[0]
+        more = f" (and {len(skipped) - 1} more)" if len(skipped) > 1 else ""
+        raise UserError(f"no usable run: all {len(skipped)} run folder(s) are damaged or unreadable, e.g. {p}: {why}{more}")
     if not runs:
         raise UserError("no run folders found (a run folder holds config.json)")
     if opts.reps < 1:
@@ -213,6 +232,10 @@ def compute(runs: list[Run], skipped: list[tuple[Path, str]], opts: Options) -> 
     for r in unscored:
         why = "no finished episode" if scores[r.path].source == "train" else "no evaluation score"
         notes.append(f"{r.path}: {why}, so no final score (still counted in compute tables)")
+    for r in runs:
+        warning = capped_eval_warning(r, scores[r.path].source == "eval")
+        if warning:
+            notes.append(warning)
 
     # Per (label, game) rows.
     rows: list[GroupRow] = []
@@ -726,10 +749,12 @@ def summary_md(num: Numbers, out: Path) -> str:
     if bad or num.skipped:
         body = [[str(r.path), r.label, r.game, str(r.seed), r.status, "; ".join(filter(None, [r.reason, *r.notes])),
                  f"{fmt(r.total('env_steps'))} of {r.budget}"] for r in bad]  # fmt: skip
-        body += [[str(p), "?", "?", "?", "skipped", why, ""] for p, why in num.skipped]
+        body += [[str(p), "?", "?", "?", "damaged" if why.startswith("damaged") else "skipped", why, ""]
+                 for p, why in num.skipped]  # fmt: skip
         L += _md_table(["run", "agent", "game", "seed", "status", "why", "reached"], body)
         L += [
-            "Incomplete and failed runs are included in every table and figure with the data they have.",
+            "Incomplete and failed runs are included in every table and figure with the data they have; "
+            "damaged and skipped folders are in none.",
             "",
         ]
     else:
@@ -856,7 +881,10 @@ def build_report(paths: list[str | Path], opts: Options) -> tuple[Numbers, list[
     runs, skipped = load_runs(paths)
     num = compute(runs, skipped, opts)
     out = opts.out
-    out.mkdir(parents=True, exist_ok=True)
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise UserError(f"--out {out}: cannot create the report folder ({e.strerror or e})") from None
     num.figures = draw(num, out / "figures")
     files = list(num.figures)
     (out / "summary.md").write_text(summary_md(num, out))

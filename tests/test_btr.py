@@ -341,7 +341,7 @@ def test_eval_act_leaves_training_state_alone():
 
 
 def test_epsilon_schedule():
-    agent = _agent(eps_decay_steps=100, eps_off_steps=200)
+    agent = _agent(eps_decay="linear", eps_decay_steps=100, eps_off_steps=200)
     assert agent.epsilon() == 1.0
     agent.env_steps = 50
     assert agent.epsilon() == pytest.approx(0.505)
@@ -349,9 +349,128 @@ def test_epsilon_schedule():
     assert agent.epsilon() == pytest.approx(0.01)
     agent.env_steps = 200
     assert agent.epsilon() == 0.0  # noisy nets explore alone from here
-    plain = _agent(noisy=False, eps_decay_steps=100, eps_off_steps=200)
+    plain = _agent(noisy=False, eps_decay="linear", eps_decay_steps=100, eps_off_steps=200)
     plain.env_steps = 10_000
     assert plain.epsilon() == pytest.approx(0.01)  # without noise epsilon stays at its floor
+
+
+def test_epsilon_geometric_is_btrs_per_transition_rule():
+    # BTR's code: eps <- eps - (eps - 0.01) / S once per stored transition, S = 2M. Three steps
+    # with S = 4 by hand: 1 -> 1 - 0.99/4 = 0.7525 -> 0.7525 - 0.7425/4 = 0.566875
+    # -> 0.566875 - 0.556875/4 = 0.42765625 (= 0.01 + 0.99 * 0.75**3).
+    assert btr.epsilon_schedule(3, 1.0, 0.01, 4, "geometric") == pytest.approx(0.42765625, abs=1e-12)
+    # At S = 2M transitions: 0.01 + 0.99 * (1 - 1/2M)**2M = 0.01 + 0.99 / e = 0.37420 (the 0.37).
+    eps_2m = btr.epsilon_schedule(2_000_000, 1.0, 0.01, 2_000_000, "geometric")
+    assert eps_2m == pytest.approx(0.374200, abs=1e-6)
+    assert btr.epsilon_schedule(2_000_000, 1.0, 0.01, 2_000_000, "linear") == pytest.approx(0.01)
+    agent = _agent()  # the default: geometric over BTR's 2M env steps, off at 25M with noisy nets
+    assert agent.cfg.eps_decay == "geometric" and agent.cfg.eps_decay_steps == 2_000_000
+    agent.env_steps = 2_000_000
+    assert agent.epsilon() == pytest.approx(0.374200, abs=1e-6)
+    agent.env_steps = 25_000_000
+    assert agent.epsilon() == 0.0
+
+
+def test_importance_weights_fixed_exponent_hand_computed():
+    # BTR's code: w_i = (N P(i))**-0.2 / max_batch, i.e. (min_batch P / P(i))**0.2 whatever N.
+    # P = (0.1, 0.2, 0.4): (1, 0.5**0.2, 0.25**0.2) = (1, 0.870551, 0.757858).
+    from agents.replay import Replay, importance_weights
+
+    w = importance_weights(torch.tensor([0.1, 0.2, 0.4], dtype=torch.float64), 0.2)
+    torch.testing.assert_close(w, torch.tensor([1.0, 0.870551, 0.757858]), atol=1e-6, rtol=0)
+    # Through the replay: 4 complete one-step windows with priorities 1..4 (alpha 1, so leaves
+    # p + 1e-6); 64 stratified draws over a total mass of 10 hit every slot, so the batch minimum is
+    # P = 0.1 and slot k gets (1 / (k + 1))**0.2.
+    rb = Replay(8, 1, (2,), torch.float32, n_step=1, prioritized=True, alpha=1.0)
+    for _ in range(5):
+        rb.store_obs(torch.zeros(1, 2))
+        rb.store_outcome(torch.zeros(1, dtype=torch.int64), torch.zeros(1), torch.zeros(1, dtype=torch.bool),
+                         torch.zeros(1, dtype=torch.bool))  # fmt: skip
+    rb.update_priorities(torch.arange(4), torch.tensor([1.0, 2.0, 3.0, 4.0]))
+    batch = rb.sample(64, beta=0.2)
+    assert set(batch.idx.tolist()) == {0, 1, 2, 3}
+    torch.testing.assert_close(batch.weight, (1.0 / (batch.idx + 1.0)) ** 0.2, atol=1e-5, rtol=0)
+    # The agent: BTR's fixed 0.2 by default at any step; --per-beta-anneal gives 0.45 -> 1.
+    agent = _agent()
+    agent.env_steps = 5_000
+    assert agent.beta() == 0.2
+    annealed = _agent(per_beta_anneal=True)  # budget 10K env steps (see _agent)
+    annealed.env_steps = 5_000
+    assert annealed.beta() == pytest.approx(0.45 + 0.5 * 0.55)
+
+
+def test_priority_abs_td_hand_computed():
+    # One sample, online quantiles (0, 1), target samples (0.5, 3): delta_ij = target_j - pred_i.
+    # i=0: |0.5|, |3| -> mean 1.75;  i=1: |-0.5|, |2| -> mean 1.25;  sum 3.0 (BTR's code).
+    pred, target = torch.tensor([[0.0, 1.0]]), torch.tensor([[0.5, 3.0]])
+    torch.testing.assert_close(btr.quantile_td_priority(pred, target), torch.tensor([3.0]))
+
+
+@pytest.mark.parametrize("priority", ["abs_td", "loss"])
+def test_agent_priority_switch(priority):
+    # The priority the agent hands to the replay is the chosen formula on the loss's own quantiles
+    # and target (same RNG draws: taus for the online pass, then the target net's taus).
+    torch.manual_seed(0)
+    agent = _agent(priority=priority)
+    _drive(agent, VEC, 4)
+    batch = agent.replay.sample(8, 0.2)
+    torch.manual_seed(1)
+    _, prio, _ = agent.loss(batch)
+    torch.manual_seed(1)
+    taus = agent.taus(8)
+    out = agent.online(batch.obs, taus)
+    target, _ = agent.bootstrap(batch, btr.q_values(out.detach(), None))
+    taken = btr.at_action(out, batch.action).detach()
+    want = (
+        btr.quantile_td_priority(taken, target)
+        if priority == "abs_td"
+        else btr.quantile_huber_loss(taken, target, taus, agent.cfg.kappa)
+    )
+    torch.testing.assert_close(prio, want)
+
+
+def test_munchausen_logpi_switch():
+    # online (BTR's code): the bonus's log pi comes from the online Q(s) handed in. With Q = 0 over
+    # 3 actions, log pi = -ln 3, so the bonus is 0.9 * clip(0.03 * -ln 3, -1, 0) = -0.0296625.
+    torch.manual_seed(0)
+    agent = _agent()
+    assert agent.cfg.munchausen_logpi == "online"
+    _drive(agent, VEC, 4)
+    batch = agent.replay.sample(8, 0.2)
+    _, bonus = agent.bootstrap(batch, torch.zeros(8, 3))
+    torch.testing.assert_close(bonus, torch.full((8,), -0.9 * 0.03 * math.log(3)))
+    # target (Vieillard et al. 2020): the target net's Q(s); whatever online Q is handed in.
+    tgt = _agent(munchausen_logpi="target")
+    tgt.load_state_dict(agent.state_dict())
+    q_zero, q_rand = torch.zeros(8, 3), torch.randn(8, 3)
+    torch.manual_seed(2)
+    a, bonus_a = tgt.bootstrap(batch, q_zero)
+    torch.manual_seed(2)
+    b, bonus_b = tgt.bootstrap(batch, q_rand)
+    torch.testing.assert_close((a, bonus_a), (b, bonus_b))
+    assert not torch.allclose(bonus_a, bonus)
+
+
+def test_learning_starts_cannot_exceed_the_buffer():
+    with pytest.raises(ValueError, match="overwritten before learning starts"):
+        btr.Config(learning_starts=200_000, buffer_size=100_000)
+    for name, preset in btr.PRESETS.items():
+        cfg = dataclasses.replace(btr.Config(), **preset)
+        assert cfg.learning_starts <= cfg.buffer_size, name
+
+
+def test_learner_diagnostics_show_each_btr_detail():
+    # learner.csv gets epsilon, the IS exponent and mean weight, the mean priority and the mean
+    # Munchausen bonus, so a run shows which variant ran.
+    torch.manual_seed(0)
+    rows = _drive(_agent(), VEC, 8)
+    assert rows
+    for r in rows:
+        assert {"epsilon", "beta", "is_weight_mean", "priority_mean", "munchausen_bonus"} <= set(r)
+        assert r["beta"] == 0.2 and 0 < r["is_weight_mean"] <= 1 and r["priority_mean"] > 0
+        assert -0.9 <= r["munchausen_bonus"] <= 0
+    plain = _drive(_agent(per=False, munchausen=False), VEC, 8)
+    assert plain and not {"beta", "is_weight_mean", "munchausen_bonus"} & set(plain[0])
 
 
 def test_state_dict_round_trip():

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from agents.returns import gae
+from agents.returns import gae, vtrace
 
 GAMMA, LAM = 0.9, 0.8
 
@@ -88,3 +88,53 @@ def test_truncation_matches_termination_plus_bootstrap_reward(lam):
     a = gae(r, v, nv, flags(3), trunc, GAMMA, lam)
     b = gae(r + GAMMA * nv * trunc, v, nv, trunc, flags(3), GAMMA, lam)
     torch.testing.assert_close(a, b)
+
+
+def test_vtrace_impala_and_puffer_forms_by_hand():
+    # Four steps, the episode terminates at t=1; rho and c differ (c > rho at t=0 and t=2), so the
+    # two policy-gradient forms differ; the value targets are the same recursion in both.
+    rewards, values = col(1, 2, 3, 4), col(0.5, 1.0, 1.5, 2.0)
+    next_values = col(1.0, 99.0, 2.0, 3.0)  # V(s_1), masked (terminal), V(s_3), bootstrap V(s_4)
+    rho, c = col(0.5, 1.0, 0.8, 1.0), col(2.0, 1.0, 1.5, 1.0)
+    term, none = flags(4, 1), flags(4)
+    # deltas: 1 + .9*1 - .5 = 1.4 | 2 - 1 = 1.0 | 3 + .9*2 - 1.5 = 3.3 | 4 + .9*3 - 2 = 4.7
+    # v - V, gamma*lambda = .72: t3: 4.7 | t2: .8*3.3 + .72*1.5*4.7 = 7.716 | t1: 1.0 (terminal)
+    #   | t0: .5*1.4 + .72*2*1.0 = 2.14
+    targets = col(2.14 + 0.5, 1.0 + 1.0, 7.716 + 1.5, 4.7 + 2.0)
+    # impala: rho_t (delta_t + .72 (1 - done_t) (v_{t+1} - V_{t+1})):
+    #   t3: 4.7 | t2: .8 (3.3 + .72*4.7) = 5.3472 | t1: 1.0 | t0: .5 (1.4 + .72*1.0) = 1.06
+    pg, v = vtrace(rewards, values, next_values, term, none, GAMMA, LAM, rho, c, form="impala")
+    torch.testing.assert_close(pg, col(1.06, 1.0, 5.3472, 4.7))
+    torch.testing.assert_close(v, targets)
+    # puffer: the advantage is v - V itself, continuation weighted by c.
+    pg, v = vtrace(rewards, values, next_values, term, none, GAMMA, LAM, rho, c, form="puffer")
+    torch.testing.assert_close(pg, col(2.14, 1.0, 7.716, 4.7))
+    torch.testing.assert_close(v, targets)
+
+
+def test_vtrace_impala_form_at_lambda_one_is_the_papers_expression():
+    # IMPALA section 4.2: rho_t (r_t + gamma v_{t+1} - V(x_t)), v the V-trace target (v_T = V(s_T)).
+    rewards, values = col(1, 2, 3, 4), col(0.5, 1.0, 1.5, 2.0)
+    next_values = col(1.0, 99.0, 2.0, 3.0)
+    rho, c = col(0.5, 1.0, 0.8, 0.9), col(0.5, 1.0, 0.7, 0.3)
+    term, none = flags(4, 1), flags(4)
+    pg, v = vtrace(rewards, values, next_values, term, none, GAMMA, 1.0, rho, c)
+    v_next = torch.cat([v[1:], col(3.0)])  # v_1, v_2 (masked by the termination), v_3, V(s_4)
+    torch.testing.assert_close(pg, rho * (rewards + GAMMA * (~term) * v_next - values))
+
+
+def test_vtrace_forms_agree_where_rho_equals_c_and_are_gae_at_one():
+    g = torch.Generator().manual_seed(1)
+    T, N = 6, 3
+    r, v, nv = (torch.randn(T, N, generator=g) for _ in range(3))
+    term = torch.rand(T, N, generator=g) < 0.2
+    trunc = (torch.rand(T, N, generator=g) < 0.2) & ~term
+    w = torch.rand(T, N, generator=g)
+    a = vtrace(r, v, nv, term, trunc, 0.99, 0.95, w, w, form="impala")
+    b = vtrace(r, v, nv, term, trunc, 0.99, 0.95, w, w, form="puffer")
+    torch.testing.assert_close(a, b)
+    ones = torch.ones(T, N)
+    pg, target = vtrace(r, v, nv, term, trunc, 0.99, 0.95, ones, ones)
+    adv = gae(r, v, nv, term, trunc, 0.99, 0.95)
+    torch.testing.assert_close(pg, adv)
+    torch.testing.assert_close(target, adv + v)

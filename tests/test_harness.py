@@ -64,6 +64,26 @@ def test_episode_returns_in_rows_match_the_script(tmp_run):
     assert float(r["episode_length"]) == pytest.approx(4.5)
 
 
+def test_evaluation_reports_episodes_cut_by_the_cap():
+    # Scripted env, one env, quota 3: episodes of 3, 4, 5 steps (returns 6, 10, 15). With a cap of
+    # 10 vector steps the first two finish at steps 3 and 7, the third has run 3 of its 5 steps
+    # (partial return 1 + 2 + 3 = 6); with a cap of 12 all three finish.
+    import torch
+
+    import envs
+    from bench.harness import evaluate
+
+    class Zero:
+        def act(self, obs, explore=True, first=None):
+            return torch.zeros(obs.shape[0], dtype=torch.int64)
+
+    for cap, returns, capped in ((10, [6.0, 10.0], [6.0]), (12, [6.0, 10.0, 15.0], [])):
+        env = envs.make("gym:Scripted-v0", 1, torch.device("cpu"))
+        res = evaluate(Zero(), env, episodes=3, seed=0, max_vector_steps=cap)
+        env.close()
+        assert (res.returns, res.capped) == (returns, capped)
+
+
 def test_reuse_ratio_is_grad_samples_over_env_steps(tmp_run, monkeypatch):
     monkeypatch.setitem(agents.AGENTS, "nan", "tests.helpers.nan_agent")
     run = RunConfig(agent="nan", game="gym:CartPole-v1", seed=0, steps=16, log_every=4)

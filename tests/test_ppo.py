@@ -185,8 +185,10 @@ def test_metrics_have_the_same_keys_for_every_variant():
     # learner.csv takes its columns from the first row, so every configuration reports the same keys.
     keys = None
     for kw in ({}, {"clip_coef": 0.0}, {"kl_coef": 1.0}, {"munchausen_alpha": 0.9},
-               {"munchausen_alpha": 0.9, "munchausen_mode": "current"}, {"prio_alpha": 0.9},
-               {"replay_factor": 2}, {"lstm_hidden": 8}):  # fmt: skip
+               {"munchausen_alpha": 0.9, "munchausen_mode": "advantage_bonus"},
+               {"munchausen_alpha": 0.9, "munchausen_mode": "munchausen"}, {"prio_alpha": 0.9},
+               {"replay_factor": 2}, {"replay_factor": 2, "replay_minibatch": "more", "vtrace_form": "puffer"},
+               {"replay_factor": 2, "replay_stale_weight": 0.5}, {"lstm_hidden": 8}):  # fmt: skip
         torch.manual_seed(0)
         m = play(make_agent(**kw), 8)[-1]
         keys = keys or set(m)
@@ -215,7 +217,7 @@ def test_kl_penalty_is_logged_and_added():
     assert play(make_agent(lr=0.05, epochs=4), 4)[0]["kl_pen"] == 0.0
 
 
-def test_munchausen_behaviour_bonus_enters_rewards():
+def test_munchausen_reward_bonus_enters_rewards():
     torch.manual_seed(0)
     agent = make_agent(N=2, T=4, munchausen_alpha=0.9, munchausen_tau=0.03)
     tg, values = _targets_after_one_segment(agent, 3, term=(0, 1))
@@ -226,9 +228,9 @@ def test_munchausen_behaviour_bonus_enters_rewards():
     torch.testing.assert_close(tg["adv"][3], 4.0 + bonus[3] - values[3])
 
 
-def test_munchausen_current_mode_reports_the_loss_bonus():
+def test_munchausen_advantage_bonus_mode_reports_the_loss_bonus():
     torch.manual_seed(0)
-    m = play(make_agent(munchausen_alpha=0.9, munchausen_mode="current"), 4)[0]
+    m = play(make_agent(munchausen_alpha=0.9, munchausen_mode="advantage_bonus"), 4)[0]
     # A near-uniform initial policy over 3 actions: bonus ~ 0.9 * 0.03 * log(1/3).
     assert m["munchausen_bonus_mean"] == pytest.approx(0.9 * 0.03 * math.log(1 / 3), rel=0.05)
 
@@ -254,8 +256,223 @@ def test_replay_factor_doubles_grad_samples_per_env_step():
     assert [m["replay_rollouts"] for m in replay] == [1, 2, 2, 2]
     # The first update sees only fresh data: it is plain PPO, bit for bit.
     assert replay[0]["loss"] == plain[0]["loss"]
-    # Later ones train on stale data, whose importance ratios V-trace uses.
-    assert replay[1]["vtrace_rho_mean"] != 1.0 and plain[1]["vtrace_rho_mean"] == 1.0
+    # Later ones train on stale data, whose importance ratios V-trace uses; the fresh rollout's are 1.
+    assert replay[1]["vtrace_rho_stale"] != 1.0 and replay[1]["vtrace_rho_fresh"] == 1.0
+    assert plain[1]["vtrace_rho_stale"] == 1.0 and plain[1]["vtrace_rho_fresh"] == 1.0
+
+
+def scripted_steps(N: int, T: int, seed: int, trunc_at: int | None = None) -> list[EnvStep]:
+    """T env steps for N envs from their own generator, so two agents can see the same ones; env 1
+    is truncated at ``trunc_at`` with a final observation of its own."""
+    g = torch.Generator().manual_seed(seed)
+    out = []
+    for t in range(T):
+        obs = torch.randn(N, 3, generator=g)
+        tr = torch.zeros(N, dtype=torch.bool)
+        final = obs.clone()
+        if t == trunc_at:
+            tr[1], final[1] = True, torch.randn(3, generator=g)
+        out.append(EnvStep(obs=obs, reward=torch.randn(N, generator=g), terminated=torch.zeros(N, dtype=torch.bool),
+                           truncated=tr, done=tr.clone(), final_obs=final))  # fmt: skip
+    return out
+
+
+def feed(agent: ppo.Agent, obs: torch.Tensor, steps: list[EnvStep]) -> torch.Tensor:
+    for step in steps:
+        agent.act(obs)
+        agent.observe(step)
+        obs = step.obs
+    return obs
+
+
+def _k1_and_k2(**kw) -> tuple[ppo.Agent, ppo.Agent]:
+    """A K = 1 agent and a K = 2 agent with the same parameters, the K = 2 one holding a stale
+    rollout (slot 0) whose behaviour log-probs are 0.7 lower than its current policy's, so its
+    importance ratios are e^0.7 ~ 2 before clipping, and whose next rollout goes to slot 1."""
+    torch.manual_seed(0)
+    kw = {"N": 2, "T": 4, "lr": 0.01, "lr_schedule": "constant", "epochs": 3, "minibatches": 2,
+          "vtrace_rho_clip": 0.79, "vtrace_c_clip": 0.5, **kw}  # constant lr: k2 has seen more env steps
+    k1, k2 = make_agent(**kw), make_agent(replay_factor=2, **kw)
+    feed(k2, torch.randn(2, 3), scripted_steps(2, 4, seed=5))  # the stale rollout, never trained on
+    k2.logp[:, :2] -= 0.7
+    k2.t, k2.slot, k2.filled = 0, 1, 1  # as update() leaves them
+    if k2.state is not None:  # the fresh rollout starts from k1's (zero) LSTM state
+        k2.state = (torch.zeros_like(k2.state[0]), torch.zeros_like(k2.state[1]))
+    k2.net.load_state_dict(k1.net.state_dict())
+    return k1, k2
+
+
+def test_fresh_targets_with_k2_are_the_k1_targets():
+    # Issue 15: rho and c on the fresh rollout are 1 (it is on-policy), so with rho-bar = 0.79 the
+    # fresh advantages and value targets do not shrink at K = 2: K = 1 and K = 2 differ only in the
+    # stale data. Both V-trace forms reduce to GAE there.
+    for form in ("impala", "puffer"):
+        k1, k2 = _k1_and_k2(vtrace_form=form, gamma=0.9, gae_lambda=0.8)
+        obs, steps = torch.randn(2, 3), scripted_steps(2, 4, seed=6)
+        torch.manual_seed(1)
+        feed(k1, obs, steps)
+        torch.manual_seed(1)
+        feed(k2, obs, steps)
+        k1.filled, k2.filled = 1, 2  # what update() sets before computing targets
+        t1, t2 = k1._targets(fresh=0), k2._targets(fresh=1)
+        for key in ("adv", "returns", "logp_old"):
+            torch.testing.assert_close(t2[key][:, 2:], t1[key], rtol=0, atol=0)
+        assert t2["rho_fresh"].item() == 1.0
+        assert t2["rho_stale"].item() == pytest.approx(0.79)  # e^0.7 > rho-bar: every stale rho clipped
+
+
+@pytest.mark.parametrize("lstm", [0, 8])
+def test_zero_weight_stale_rollout_leaves_the_k1_update(lstm):
+    # With K = 2 and a stale rollout whose samples weigh 0 in the loss, the update is the K = 1
+    # update: same fresh targets (above), the fresh rollout split into the same minibatches from the
+    # same random draws ("larger" mode), and weighted means (loss terms, advantage normalisation)
+    # over the fresh samples alone. Stale ratios alone (rho = c = 0) would not do it: their samples
+    # would still add value and entropy terms and change each minibatch's advantage statistics.
+    k1, k2 = _k1_and_k2(lstm_hidden=lstm, replay_stale_weight=0.0, kl_coef=0.5)
+    obs, steps = torch.randn(2, 3), scripted_steps(2, 4, seed=6, trunc_at=1)
+    before = k1.net.critic.weight.detach().clone()
+    torch.manual_seed(1)
+    feed(k1, obs, steps)
+    m1 = k1.update()
+    torch.manual_seed(1)
+    feed(k2, obs, steps)
+    m2 = k2.update()
+    assert m1["grad_steps"] == m2["grad_steps"] == 6
+    for (name, p1), p2 in zip(k1.net.named_parameters(), k2.net.parameters()):
+        assert torch.allclose(p1, p2, rtol=1e-5, atol=1e-6), name
+    assert not torch.allclose(k1.net.critic.weight, before)  # the update did move the parameters
+    for k in ("loss", "pg_loss", "v_loss", "entropy", "kl", "clip_frac"):
+        assert m2[k] == pytest.approx(m1[k], rel=1e-4, abs=1e-6), k
+    # A stale weight of 1 (the default) does train on the stale rollout: a different update.
+    k1, k2 = _k1_and_k2(lstm_hidden=lstm)
+    torch.manual_seed(1)
+    feed(k1, obs, steps)
+    k1.update()
+    torch.manual_seed(1)
+    feed(k2, obs, steps)
+    k2.update()
+    assert not torch.allclose(k1.net.critic.weight, k2.net.critic.weight)
+
+
+@pytest.mark.parametrize("kw", [{}, {"lstm_hidden": 8}, {"prio_alpha": 1.0}])
+def test_grad_steps_with_k2_in_each_replay_minibatch_mode(kw):
+    # epochs 3 x minibatches 2 = 6 optimiser steps per update at K = 1. "larger": still 6 at K = 2,
+    # each on twice the samples; "more": 12, each on the K = 1 minibatch size.
+    def ledger(**more):
+        torch.manual_seed(0)
+        return play(make_agent(N=2, T=4, epochs=3, minibatches=2, replay_factor=2, **kw, **more), 3 * 4)
+
+    larger, more = ledger(), ledger(replay_minibatch="more")
+    assert [m["grad_steps"] for m in larger] == [6, 6, 6]
+    assert [m["grad_steps"] for m in more] == [6, 12, 12]
+    # grad_samples counts each use of a transition: 3 epochs x 8, then x 16 once two rollouts are held.
+    assert [m["grad_samples"] for m in larger] == [m["grad_samples"] for m in more] == [24, 48, 48]
+    assert more[1]["grad_samples"] / more[1]["grad_steps"] == larger[0]["grad_samples"] / larger[0]["grad_steps"]
+
+
+def test_stale_truncation_bootstraps_from_final_obs_at_current_parameters():
+    torch.manual_seed(0)
+    agent = make_agent(N=2, T=4, lr=0.05, replay_factor=2, gamma=0.9, gae_lambda=0.8)
+    final = torch.full((3,), 5.0)
+    steps = scripted_steps(2, 4, seed=3, trunc_at=1)
+    steps[1].final_obs[1] = final
+    obs = feed(agent, torch.randn(2, 3), steps)
+    with torch.no_grad():
+        v_acting = agent.net.step(final[None], None)[1].item()
+    assert agent.trunc_values[1, 1].item() == pytest.approx(v_acting)
+    assert agent.update() is not None  # trains on slot 0; it becomes the stale rollout
+    feed(agent, obs, scripted_steps(2, 4, seed=4))
+    with torch.no_grad():
+        logits, v_now, _ = agent.net.step(final[None], None)  # the parameters the next update starts from
+    assert abs(v_now.item() - v_acting) > 1e-4  # training moved it: the old value would be stale
+    agent.update()
+    assert agent.trunc_values[1, 1].item() == pytest.approx(v_now.item(), abs=1e-6)
+    assert agent.trunc_entropy[1, 1].item() == pytest.approx(ppo.entropy(logits)[0].item(), abs=1e-6)
+
+
+def test_stale_truncation_reevaluation_uses_the_lstm_state_of_its_step():
+    # At unchanged parameters, re-evaluating a rollout's truncations reproduces the values observe
+    # computed while acting: the LSTM state carried to the final observation is the one after its step.
+    torch.manual_seed(0)
+    agent = make_agent(N=2, T=5, lstm_hidden=8, replay_factor=2)
+    feed(agent, torch.randn(2, 3), scripted_steps(2, 5, seed=3, trunc_at=2))
+    acting_v, acting_h = agent.trunc_values.clone(), agent.trunc_entropy.clone()
+    agent.trunc_values.zero_()
+    agent.trunc_entropy.zero_()
+    starts = torch.zeros_like(agent.dones)
+    starts[1:] = agent.dones[:-1]
+    cols = agent._cols(0)
+    with torch.no_grad():
+        _, _, states = agent.net.unroll(agent.obs[:, cols], (agent.h0[cols], agent.c0[cols]), starts[:, cols],
+                                        every_state=True)  # fmt: skip
+        agent._reevaluate_truncations(cols, states)
+    assert acting_v[2, 1] != 0
+    torch.testing.assert_close(agent.trunc_values, acting_v)
+    torch.testing.assert_close(agent.trunc_entropy, acting_h)
+
+
+def test_config_refuses_c_bar_above_rho_bar_unless_asked():
+    with pytest.raises(ValueError, match="vtrace-allow-c-above-rho"):
+        ppo.Config(vtrace_rho_clip=0.79, vtrace_c_clip=2.88)
+    assert ppo.Config(vtrace_rho_clip=0.79, vtrace_c_clip=2.88, vtrace_allow_c_above_rho=True).vtrace_c_clip == 2.88
+    assert ppo.Config(**ppo.PRESETS["puffer"]).vtrace_c_clip <= ppo.Config(**ppo.PRESETS["puffer"]).vtrace_rho_clip
+    # The old mode names, as recorded in earlier runs' config.json, still load, under the new names.
+    assert ppo.Config(munchausen_mode="behaviour").munchausen_mode == "reward_bonus"
+    assert ppo.Config(munchausen_mode="current").munchausen_mode == "advantage_bonus"
+
+
+# p = [.2, .5, .3]: H = .2 ln 5 + .5 ln 2 + .3 ln(10/3) = .32189 + .34657 + .36119 = 1.02965
+P_FIXED, H_FIXED = torch.tensor([0.2, 0.5, 0.3]), 1.02965
+
+
+def test_munchausen_expected_bonus_per_mode_by_hand():
+    alpha, tau, gamma = 0.9, 0.03, 0.99
+    logp = P_FIXED.log()
+    assert ppo.entropy(logp).item() == pytest.approx(H_FIXED, abs=1e-5)
+    # reward_bonus and advantage_bonus: E_a[alpha clip(tau log p(a), -1, 0)] = -alpha tau H = -0.027801:
+    # an entropy penalty (the clip at -1 is far: tau log p >= -0.05 here).
+    expected = (P_FIXED * ppo.munchausen_bonus(logp, alpha, tau, -1.0)).sum()
+    assert expected.item() == pytest.approx(-0.9 * 0.03 * H_FIXED, abs=1e-6)
+    assert expected.item() == pytest.approx(-0.027801, abs=1e-6)
+    # munchausen adds the soft bootstrap gamma tau H(pi(.|s')) = 0.030581 at a non-terminal next
+    # state with the same policy: per step (gamma - alpha) tau H = +0.002780, zero at a terminal one.
+    soft = ppo.soft_bootstrap(torch.tensor([H_FIXED, H_FIXED]), torch.tensor([False, True]), gamma, tau)
+    torch.testing.assert_close(soft, torch.tensor([0.030581, 0.0]), atol=1e-6, rtol=0)
+    assert (expected + soft[0]).item() == pytest.approx((0.99 - 0.9) * 0.03 * H_FIXED, abs=1e-6)
+
+
+@pytest.mark.parametrize("mode", ["reward_bonus", "advantage_bonus", "munchausen"])
+def test_munchausen_modes_report_their_bonus_on_a_fixed_policy(mode):
+    # A policy that plays p in every state (actor weights 0, bias log p) and barely learns: the
+    # logged bonus mean is the sampled -alpha tau H; the soft term is exactly gamma tau H at every
+    # non-terminal step (one in four terminates here) and 0 outside the munchausen mode.
+    torch.manual_seed(0)
+    agent = make_agent(N=64, T=16, lr=1e-9, munchausen_alpha=0.9, munchausen_mode=mode)
+    with torch.no_grad():
+        agent.net.actor.weight.zero_()
+        agent.net.actor.bias.copy_(P_FIXED.log())
+    term = tuple(range(0, 64, 4))  # envs 0, 4, ... terminate at every step
+    m = play(agent, 16, term=term)[0]
+    assert m["munchausen_bonus_mean"] == pytest.approx(-0.9 * 0.03 * H_FIXED, rel=0.05)
+    soft = 0.99 * 0.03 * H_FIXED * 0.75 if mode == "munchausen" else 0.0
+    assert m["munchausen_soft_mean"] == pytest.approx(soft, abs=1e-6)
+
+
+def test_munchausen_mode_targets_by_hand():
+    # At a segment's last step (not terminal): A = r + alpha clip(tau log pi_0(a|s)) + gamma tau
+    # H(pi_0(.|s_T)) + gamma V(s_T) - V(s); lambda plays no part there.
+    torch.manual_seed(0)
+    agent = make_agent(N=2, T=4, gamma=0.9, gae_lambda=0.8, munchausen_alpha=0.9, munchausen_mode="munchausen")
+    tg, values = _targets_after_one_segment(agent, 0)
+    with torch.no_grad():
+        logits_T, v_T, _ = agent.net.step(agent.next_obs[0], None)
+    bonus = ppo.munchausen_bonus(agent.logp[3], 0.9, 0.03, -1.0)
+    expected = 4.0 + bonus + 0.9 * 0.03 * ppo.entropy(logits_T) + 0.9 * v_T - values[3]
+    torch.testing.assert_close(tg["adv"][3], expected)
+    # One step earlier the soft term is the entropy at s_3, from the stored logits.
+    soft_2 = 0.9 * 0.03 * ppo.entropy(agent.logits[3])
+    delta_2 = 3.0 + ppo.munchausen_bonus(agent.logp[2], 0.9, 0.03, -1.0) + soft_2 + 0.9 * values[3] - values[2]
+    torch.testing.assert_close(tg["adv"][2], delta_2 + 0.72 * tg["adv"][3])
 
 
 # -- LSTM and checkpoints -------------------------------------------------------------------------

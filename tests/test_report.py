@@ -43,7 +43,7 @@ def write_run(root: Path, agent: str, game: str = "puffer_breakout", seed: int =
               steps_per_row: int = 1000, status: str = "ok", label: str | None = None, eval_rows: int = 0,
               protocol: dict | None = None, cpu: str = "Test CPU", agent_config: dict | None = None,
               reuse: float | None = None, torn_tail: bool = False, compute_json: bool = True,
-              episodes_per_row: int = 3, budget_rows: int | None = None) -> Path:  # fmt: skip
+              episodes_per_row: int = 3, budget_rows: int | None = None, eval_capped: int = 0) -> Path:  # fmt: skip
     """A run folder exactly as `bench run` writes it (config.json, metrics.csv, eval.csv,
     learner.csv, compute.json, done/failed); returns learn linearly towards SKILL[agent]."""
     family = "puffer" if game.startswith("puffer_") else "ale"
@@ -84,7 +84,8 @@ def write_run(root: Path, agent: str, game: str = "puffer_breakout", seed: int =
     ev = [",".join(load.EVAL_COLUMNS)]
     for k in range(1, eval_rows + 1):
         s = rows * steps_per_row * k // eval_rows
-        ev.append(f"{k},{s},{s * 4},{int(s * reuse)},10,{SKILL[agent] * k / eval_rows + 1},3.0")
+        capped = f"{eval_capped},{2.0 if eval_capped else ''}"  # episodes cut by the cap, partial mean
+        ev.append(f"{k},{s},{s * 4},{int(s * reuse)},10,{SKILL[agent] * k / eval_rows + 1},3.0,{capped}")
     (path / "eval.csv").write_text("\n".join(ev) + "\n")
     (path / "learner.csv").write_text("wall_s,env_steps,grad_steps,loss\n1.0,1000,10,0.5\n")
     n_steps = rows * steps_per_row
@@ -173,6 +174,20 @@ def test_final_score_last_n_episodes_and_eval(tmp_path):
     assert s.normalized == pytest.approx(s.final / 864)
     e = final_score(run, 100, "eval")
     assert e.final == pytest.approx(SKILL["ppo"] + 1) and e.episodes == 10 and e.source == "eval"
+
+
+def test_capped_evaluation_episodes_give_a_warning_line(tmp_path):
+    from plots.report import capped_eval_warning, compute, summary_md
+
+    clean = load.load_run(write_run(tmp_path / "a", "ppo", eval_rows=2))
+    assert capped_eval_warning(clean, True) is None
+    capped = load.load_run(write_run(tmp_path / "b", "ppo", eval_rows=2, eval_capped=3))
+    assert capped.evals["eval_episodes_capped"].tolist() == [3, 3]
+    line = capped_eval_warning(capped, True)
+    assert line.startswith("WARNING") and "2 of 2 evaluation(s) including the last" in line
+    assert "6 episode(s) unfinished" in line
+    num = compute([capped], [], opts(tmp_path / "out", score="eval"))
+    assert line in num.notes and line in summary_md(num, tmp_path / "out")
 
 
 # Mixed protocols / hardware ----------------------------------------------------------------
