@@ -16,6 +16,7 @@ AGENTS: dict[str, str] = {
     "ppo": "agents.ppo",
     "rainbow": "agents.rainbow",
     "btr": "agents.btr",
+    "pqn": "agents.pqn",
 }
 
 

@@ -6,6 +6,10 @@ What BTR changes in Rainbow (all on by default, as in the paper):
 
 * Impala torso, ``--no-impala`` (Espeholt et al. 2018): the IMPALA ResNet convolutions with the
   channels scaled ``x2`` (``--impala-width``); off, the NatureCNN convolutions (Mnih et al. 2015).
+  On small images (MinAtar's 10x10) the Impala torso is :class:`agents.nets.SmallImpalaCNN` and
+  "off" is MinAtar's one-conv torso (:class:`agents.nets.MinAtarCNN`). On vector observations the
+  torso is an MLP and these three switches do nothing: :func:`inactive_options` lists them, and
+  the harness warns and records them in config.json.
 * adaptive max-pooling, ``--no-maxpool``: the last Impala feature map is max-pooled to 6x6
   (``--pool-size``), which fixes the feature size whatever the frame size (Clark et al. 2024).
 * spectral normalisation, ``--no-spectral-norm`` (Miyato et al. 2018; Gogianu et al. 2021): on the
@@ -112,7 +116,8 @@ Evaluation (``explore=False``) uses the noise-free mean weights and epsilon 0.00
 ``epsilon_eval``, as Rainbow), and never touches replay or schedules.
 
 PRESETS: ``ale`` is the paper; ``puffer`` and ``gym`` are tuned for fast CPU learning, with the
-reasoning next to them.
+reasoning next to them; ``minatar`` is BTR's scheme on the small Impala torso, with MinAtar's
+discount and replay size.
 
 Speed: as :mod:`agents.rainbow` (flat parameters and noise, ``--compile`` for the replay draw,
 loss, priority update and acting forward).
@@ -131,7 +136,7 @@ from torch import nn
 
 from agents.api import AgentContext, opt
 from agents.heads import QHead, bind_noise, categorical_projection, reset_noise
-from agents.nets import MLP, ConvTorso, clip_grad_norm, flatten_parameters, make_encoder
+from agents.nets import MLP, ConvTorso, clip_grad_norm, encoder_kind, flatten_parameters, make_encoder
 from agents.replay import Batch, Replay
 from envs.base import EnvSpec, EnvStep
 
@@ -258,7 +263,34 @@ PRESETS: dict[str, dict[str, Any]] = {
         "reward_scale": 0.1, "hidden": 128, "head_hidden": 128, "eps_decay_steps": 20_000,
         "eps_off_steps": 100_000,
     },  # fmt: skip
+    # MinAtar (10x10 boards): BTR's acting and replay scheme with the Impala torso sized for small
+    # images (agents.nets.SmallImpalaCNN), scaled to a CPU and to MinAtar's shorter horizons.
+    "minatar": {
+        "num_envs": 64, "batch_size": 256, "replay_ratio": 4.0,  # Clark et al. 2024
+        "impala_width": 1,  # ours (BTR: 2): SmallImpalaCNN x1 is ~2.4M MACs per sample, x2 four times that
+        "pool_size": 3,  # ours: the 5x5 map max-pooled to 3x3 (BTR pools Atari's 11x11 to 6x6)
+        "head_hidden": 128,  # Young & Tian 2019: the 128-unit layer, here in each stream
+        "gamma": 0.99,  # Young & Tian 2019; Obando-Ceron & Castro 2021 (BTR: 0.997 for Atari)
+        "buffer_size": 100_000,  # Obando-Ceron & Castro 2021: replay_capacity 100000
+        "learning_starts": 10_000,  # ours: as the puffer preset (BTR: 200K of 1M)
+        "eps_decay_steps": 100_000, "eps_off_steps": 1_000_000,  # ours: the puffer preset's scaled schedule
+    },  # fmt: skip
 }
+
+
+def inactive_options(cfg: Config, spec: EnvSpec) -> list[str]:
+    """The options that change nothing with ``cfg`` on ``spec``'s observations (the harness warns
+    and records them): on vectors the torso is an MLP, so every image-torso switch; on images the
+    MLP's sizes (the conv torsos' FC layer is not used, see ``ConvTorso``), the Impala settings
+    without the Impala torso, and the pool size without max-pooling."""
+    if encoder_kind("auto", spec.obs_shape) == "mlp":
+        return ["impala", "impala_width", "maxpool", "pool_size", "spectral_norm"]
+    out = ["hidden", "mlp_layers"]
+    if not cfg.impala:
+        out += ["impala_width", "maxpool", "pool_size", "spectral_norm"]
+    elif not cfg.maxpool:
+        out.append("pool_size")
+    return out
 
 
 def cosine_embedding(taus: torch.Tensor, num_cosines: int) -> torch.Tensor:
@@ -301,14 +333,14 @@ class QNetwork(nn.Module):
 
     def __init__(self, spec: EnvSpec, cfg: Config):
         super().__init__()
-        if len(spec.obs_shape) == 1:
+        if encoder_kind("auto", spec.obs_shape) == "mlp":  # not an image
             self.torso: nn.Module = MLP(spec.obs_shape, cfg.hidden, cfg.mlp_layers)
-        elif cfg.impala:
+        elif cfg.impala:  # ImpalaCNN; SmallImpalaCNN on small images (MinAtar)
             pool = cfg.pool_size if cfg.maxpool else 0
             kw = {"width": cfg.impala_width, "pool": pool, "spectral_norm": cfg.spectral_norm}
             self.torso = ConvTorso(make_encoder("impala", spec.obs_shape, cfg.hidden, **kw))
-        else:
-            self.torso = ConvTorso(make_encoder("nature", spec.obs_shape, cfg.hidden))
+        else:  # NatureCNN; MinAtarCNN on small images
+            self.torso = ConvTorso(make_encoder("auto", spec.obs_shape, cfg.hidden))
         d, a = self.torso.out_dim, spec.num_actions
         if cfg.iqn:
             self.head: nn.Module = QuantileHead(

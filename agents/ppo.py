@@ -154,9 +154,9 @@ import torch
 from torch import nn
 
 from agents.api import AgentContext, opt
-from agents.nets import layer_init, make_encoder
+from agents.nets import ENCODERS, RunningNorm, encoder_kind, layer_init, make_encoder
 from agents.returns import gae, vtrace
-from envs.base import EnvStep
+from envs.base import EnvSpec, EnvStep
 
 CLIP_FRAC_REF = 0.2  # |ratio - 1| threshold clip_frac reports when clipping is off (PPO paper's eps)
 MUNCHAUSEN_MODES = ("reward_bonus", "advantage_bonus", "munchausen")
@@ -186,9 +186,9 @@ class Config:
     norm_adv: bool = opt(True, "normalise advantages per minibatch")
     reward_clip: float = opt(1.0, "clamp rewards to [-c, c] in the learner; 0 = raw rewards", ge=0)
     norm_obs: bool = opt(False, "normalise float observations by running mean / std (updated per rollout)")
-    encoder: str = opt("auto", "auto | mlp | nature | impala (auto: MLP for vectors, NatureCNN for images)",
-                       choices=("auto", "mlp", "nature", "impala"))  # fmt: skip
-    hidden: int = opt(512, "encoder output width (NatureCNN's 512 FC; MLP hidden width)", ge=1)
+    encoder: str = opt("auto", "auto | mlp | nature | impala | minatar (auto: MLP for vectors, MinAtarCNN for "
+                       "images up to 16x16, NatureCNN for larger)", choices=ENCODERS)  # fmt: skip
+    hidden: int = opt(512, "encoder output width (NatureCNN's 512 FC; MinAtar's 128; MLP hidden width)", ge=1)
     mlp_layers: int = opt(2, "hidden layers of the MLP encoder", ge=0)
     lstm_hidden: int = opt(0, "LSTM core width between encoder and heads; 0 = feed-forward", ge=0)
     greedy_eval: bool = opt(False, "evaluate with argmax actions instead of sampling the policy")
@@ -307,7 +307,34 @@ PRESETS: dict[str, dict[str, Any]] = {
         "hidden": 64,
         "mlp_layers": 2,
     },
+    # MinAtar (10x10 boards, 6 actions): gymnax-blines' PPO for Breakout-MinAtar
+    # (RobertTLange/gymnax-blines, agents/Breakout-MinAtar/ppo.yaml) on MinAtar's own network.
+    "minatar": {
+        "num_envs": 64,  # gymnax-blines: num_train_envs 64
+        "segment_length": 128,  # gymnax-blines: n_steps 128 -> batch 8192
+        "epochs": 4,  # gymnax-blines: epoch_ppo 4
+        "minibatches": 8,  # gymnax-blines: n_minibatch 8 -> 1024 samples each
+        "lr": 5e-4,  # gymnax-blines: 5e-4 (constant after a warm-up there; annealed here, CleanRL)
+        "gamma": 0.99,  # MinAtar's DQN (Young & Tian 2019); gymnax-blines: 0.999
+        "gae_lambda": 0.95,  # gymnax-blines
+        "clip_coef": 0.2,  # gymnax-blines: clip_eps 0.2
+        "vf_clip_coef": 0.2,  # CleanRL: the value is clipped with clip_coef
+        "ent_coef": 0.01,  # gymnax-blines
+        "vf_coef": 0.5,  # gymnax-blines
+        "max_grad_norm": 0.5,  # gymnax-blines
+        "reward_clip": 0.0,  # MinAtar's DQN: raw rewards (small integers; seaquest's surfacing bonus up to 10)
+        "encoder": "minatar",  # Young & Tian 2019: 3x3 conv, 16 channels, stride 1 (gymnax-blines: MLP)
+        "hidden": 128,  # Young & Tian 2019: the 128-unit layer
+    },
 }
+
+
+def inactive_options(cfg: Config, spec: EnvSpec) -> list[str]:
+    """The options that change nothing with ``cfg`` on ``spec``'s observations (the harness warns
+    and records them): the MLP's depth under a conv encoder (``hidden`` is the width of every
+    encoder's output layer). ValueError where the encoder cannot take the observations (e.g.
+    ``--encoder nature`` on vectors)."""
+    return [] if encoder_kind(cfg.encoder, spec.obs_shape) == "mlp" else ["mlp_layers"]
 
 
 # ---------------------------------------------------------------------------------------------
@@ -397,35 +424,7 @@ def prioritised_segments(
 
 
 # ---------------------------------------------------------------------------------------------
-# Network
-
-
-class RunningNorm(nn.Module):
-    """Observation normalisation ``clip((x - mean) / sqrt(var + 1e-8), -10, 10)`` with running
-    statistics (Chan et al.'s parallel update, as SB3 / CleanRL's ``NormalizeObservation``).
-    The statistics are buffers, so they travel with the network's state_dict."""
-
-    def __init__(self, shape: tuple[int, ...]):
-        super().__init__()
-        self.register_buffer("mean", torch.zeros(shape))
-        self.register_buffer("var", torch.ones(shape))
-        self.register_buffer("count", torch.tensor(1e-4))
-        self.register_buffer("scale", torch.ones(shape))  # 1 / sqrt(var + 1e-8), kept for act's speed
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return ((x - self.mean) * self.scale).clamp(-10.0, 10.0)
-
-    @torch.no_grad()
-    def update(self, x: torch.Tensor) -> None:
-        """Merge the statistics of a batch ``x [B, *shape]``."""
-        n, mean = x.shape[0], x.mean(0)
-        var = (x - mean).square().mean(0)  # two passes: faster than x.var(0) on CPU, as stable
-        total = self.count + n
-        delta = mean - self.mean
-        self.mean += delta * n / total
-        self.var.copy_((self.var * self.count + var * n + delta**2 * self.count * n / total) / total)
-        self.count.copy_(total)
-        self.scale.copy_(torch.rsqrt(self.var + 1e-8))
+# Network (observation normalisation: agents.nets.RunningNorm, shared with PQN)
 
 
 class ActorCritic(nn.Module):
@@ -435,7 +434,7 @@ class ActorCritic(nn.Module):
     def __init__(self, obs_shape: tuple[int, ...], num_actions: int, cfg: Config):
         super().__init__()
         self.norm = RunningNorm(obs_shape) if cfg.norm_obs else None
-        kind = cfg.encoder if cfg.encoder != "auto" else ("mlp" if len(obs_shape) == 1 else "nature")
+        kind = encoder_kind(cfg.encoder, obs_shape)  # ValueError where the torso cannot take obs_shape
         kw = {"layers": cfg.mlp_layers} if kind == "mlp" else {}
         self.encoder = make_encoder(kind, obs_shape, cfg.hidden, **kw)
         feat = self.encoder.out_dim

@@ -62,7 +62,7 @@ Evaluation (``explore=False``) uses the noise-free mean weights and epsilon 0.00
 
 PRESETS: ``ale`` is the paper adapted to 8 envs (same replay ratio 8, so 2 updates of 32 per
 vector step); ``puffer`` and ``gym`` are tuned for fast CPU learning, with the reasoning next to
-them.
+them; ``minatar`` follows "Revisiting Rainbow" (Obando-Ceron & Castro 2021) on MinAtar's torso.
 
 Speed (CPU). A vector step costs one acting forward on ``N`` observations plus
 ``N * replay_ratio / batch_size`` updates, each three forwards (online at s, online and target at
@@ -97,7 +97,7 @@ from torch import nn
 
 from agents.api import AgentContext, opt
 from agents.heads import QHead, bind_noise, categorical_projection, reset_noise
-from agents.nets import MLP, ConvTorso, clip_grad_norm, flatten_parameters, make_encoder
+from agents.nets import ENCODERS, MLP, ConvTorso, clip_grad_norm, encoder_kind, flatten_parameters, make_encoder
 from agents.replay import Batch, Replay
 from envs.base import EnvSpec, EnvStep
 
@@ -141,8 +141,8 @@ class Config:
     reward_clip: float = opt(1.0, "clip rewards to [-c, c] before storing; 0 = off (Mnih et al. 2015)", ge=0)
     reward_scale: float = opt(1.0, "multiply (clipped) rewards by this before storing", gt=0)
     # Network
-    encoder: str = opt("auto", "torso: auto (mlp for vectors, nature for images), mlp, nature, impala",
-                       choices=("auto", "mlp", "nature", "impala"))  # fmt: skip
+    encoder: str = opt("auto", "torso: auto (mlp for vectors, minatar for images up to 16x16, nature for "
+                       "larger), mlp, nature, impala, minatar", choices=ENCODERS)  # fmt: skip
     hidden: int = opt(512, "MLP torso width", ge=1)
     mlp_layers: int = opt(2, "MLP torso depth", ge=0)
     head_hidden: int = opt(512, "hidden units in each value/advantage stream; 0 = one layer", ge=0)
@@ -181,7 +181,33 @@ PRESETS: dict[str, dict[str, Any]] = {
         "buffer_size": 50_000, "lr": 1e-3, "target_update": 100, "reward_clip": 0.0,
         "reward_scale": 0.1, "hidden": 64, "head_hidden": 64, "eps_decay_steps": 20_000,
     },  # fmt: skip
+    # MinAtar (10x10 boards): "Revisiting Rainbow" (Obando-Ceron & Castro 2021), its MinAtar
+    # configs (JohanSamir/revisiting_rainbow, Configs/rainbow_breakout.gin), on MinAtar's torso
+    # (encoder auto: one 3x3 conv, 16 channels) with all Rainbow components on.
+    "minatar": {
+        "num_envs": 16,  # ours: vectorised for CPU (the paper: 1)
+        "batch_size": 64,  # ours, 2x the paper's 32: half the updates, same samples, for CPU
+        "replay_ratio": 8.0,  # Obando-Ceron & Castro 2021: batch 32 every 4 env steps
+        "learning_starts": 1_000,  # Obando-Ceron & Castro 2021: min_replay_history 1000
+        "buffer_size": 100_000,  # Obando-Ceron & Castro 2021: replay_capacity 100000
+        "lr": 1e-4,  # Obando-Ceron & Castro 2021: Adam 1e-4
+        "adam_eps": 3.125e-4,  # Obando-Ceron & Castro 2021
+        "gamma": 0.99,  # Obando-Ceron & Castro 2021
+        "n_step": 3,  # Obando-Ceron & Castro 2021: update_horizon 3
+        "target_update": 125,  # Obando-Ceron & Castro 2021: every 1000 env steps = 125 updates of 64 here
+        "v_min": -100.0, "v_max": 100.0,  # Obando-Ceron & Castro 2021: vmax 100 (clipped rewards, gamma 0.99)
+        "reward_clip": 1.0,  # Dopamine's agents clip rewards to [-1, 1], on MinAtar too
+        "encoder": "minatar",  # Young & Tian 2019's torso (Obando-Ceron & Castro 2021: the same conv)
+        "head_hidden": 128,  # Young & Tian 2019: the 128-unit layer, here in each stream
+    },  # fmt: skip
 }
+
+
+def inactive_options(cfg: Config, spec: EnvSpec) -> list[str]:
+    """The options that change nothing with ``cfg`` on ``spec``'s observations (the harness warns
+    and records them): the MLP's sizes under a conv torso, whose FC layer is not used (the
+    streams' hidden layers are ``head_hidden``). ValueError where the encoder cannot take them."""
+    return [] if encoder_kind(cfg.encoder, spec.obs_shape) == "mlp" else ["hidden", "mlp_layers"]
 
 
 class QNetwork(nn.Module):
@@ -189,9 +215,7 @@ class QNetwork(nn.Module):
 
     def __init__(self, spec: EnvSpec, cfg: Config):
         super().__init__()
-        kind = cfg.encoder
-        if kind == "auto":
-            kind = "mlp" if len(spec.obs_shape) == 1 else "nature"
+        kind = encoder_kind(cfg.encoder, spec.obs_shape)  # ValueError where it cannot take the obs
         if kind == "mlp":
             self.torso: nn.Module = MLP(spec.obs_shape, cfg.hidden, cfg.mlp_layers)
         else:

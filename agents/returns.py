@@ -104,3 +104,37 @@ def vtrace(
     nxt = torch.zeros_like(corr)  # [T, N] v_{t+1} - V_{t+1}; 0 past the segment end
     nxt[:-1] = corr[1:]
     return rho * (deltas + gamma * lam * not_done * nxt), corr + values
+
+
+def q_lambda(
+    rewards: torch.Tensor,
+    next_q: torch.Tensor,
+    terminated: torch.Tensor,
+    truncated: torch.Tensor,
+    gamma: float,
+    lam: float,
+) -> torch.Tensor:
+    """Peng's Q(lambda) returns ``[T, N]`` as PQN computes them (Gallici et al. 2024,
+    arXiv:2407.04811; purejaxql ``pqn_atari.py`` ``_get_target``, CleanRL ``pqn.py``).
+
+    ``next_q[t]`` is ``max_a Q`` of the true next observation, like ``next_values`` above:
+    ``max_a Q(s_{t+1}, a)`` inside an episode, of ``final_obs`` where step t was truncated, of
+    ``s_T`` at ``t = T-1``; masked where terminated. Backwards from the segment end::
+
+        G_t = r_t + gamma * (1 - terminated_t) * ((1 - lam) * next_q_t + lam * G'_{t+1})
+
+    with ``G'_{t+1} = G_{t+1}`` while the episode continues into row t+1 and ``next_q_t`` where
+    step t ended it or the segment ends there (no return of a later episode or beyond the data is
+    mixed in). ``lam = 0`` gives one-step targets ``r_t + gamma max_a Q(s', a)``; ``lam = 1`` the
+    discounted return to the episode or segment end, bootstrapped there. The references treat a
+    truncation as a termination; here it bootstraps from ``final_obs`` (Pardo et al. 2018).
+    """
+    not_term = 1.0 - terminated.float()  # [T, N]
+    done = terminated | truncated  # [T, N]
+    out = torch.empty_like(rewards)  # [T, N]
+    ret = next_q[-1]  # [N] so that G'_T = next_q_{T-1}: the segment end bootstraps fully
+    for t in range(rewards.shape[0] - 1, -1, -1):
+        cont = torch.where(done[t], next_q[t], ret)  # [N] G'_{t+1}
+        ret = rewards[t] + gamma * not_term[t] * ((1.0 - lam) * next_q[t] + lam * cont)
+        out[t] = ret
+    return out

@@ -6,9 +6,10 @@ terminal table. Rerunning the same command skips finished runs and resumes unfin
 
 Sweep knobs per agent (what "reuse" and "horizon" mean for each algorithm):
 
-* reuse (gradient samples per env step): PPO ``epochs`` (every epoch uses the whole batch);
-  Rainbow / BTR ``replay_ratio``.
-* horizon (bootstrap horizon in env steps): PPO ``segment_length``; Rainbow / BTR ``n_step``.
+* reuse (gradient samples per env step): PPO and PQN ``epochs`` (every epoch uses the whole
+  batch); Rainbow / BTR ``replay_ratio``.
+* horizon (bootstrap horizon in env steps): PPO and PQN ``segment_length`` (GAE / Q(lambda) over
+  the segment); Rainbow / BTR ``n_step``.
 """
 
 from __future__ import annotations
@@ -24,11 +25,13 @@ from bench.errors import UserError
 from bench.runner import RunSpec, allowed_cpus, run_local, run_ray
 from bench.results import RunDir, check_target_dir
 
-REUSE_KNOB = {"ppo": "epochs", "rainbow": "replay_ratio", "btr": "replay_ratio"}
-HORIZON_KNOB = {"ppo": "segment_length", "rainbow": "n_step", "btr": "n_step"}
+REUSE_KNOB = {"ppo": "epochs", "rainbow": "replay_ratio", "btr": "replay_ratio", "pqn": "epochs"}
+HORIZON_KNOB = {"ppo": "segment_length", "rainbow": "n_step", "btr": "n_step", "pqn": "segment_length"}
 # Default budgets per family: ALE uses the literature's 10M env steps (40M frames); Ocean games
-# a wall-clock budget that shows real learning in minutes on a laptop CPU; gymnasium 300K steps.
-DEFAULT_BUDGET = {"ale": {"steps": 10_000_000}, "puffer": {"time_s": 120.0}, "gym": {"steps": 300_000}}
+# a wall-clock budget that shows real learning in minutes on a laptop CPU; gymnasium 300K steps;
+# MinAtar, like Ocean, a wall-clock budget.
+DEFAULT_BUDGET = {"ale": {"steps": 10_000_000}, "puffer": {"time_s": 120.0}, "gym": {"steps": 300_000},
+                  "minatar": {"time_s": 120.0}}  # fmt: skip
 # More runs than this in one command is more often a typo (--seeds 1000) than a plan; --max-runs
 # raises the cap. The count is printed before anything starts either way.
 MAX_RUNS = 1000
@@ -46,9 +49,9 @@ def add_arguments(p: argparse.ArgumentParser, argv: list[str]) -> None:
     p.add_argument("--agent-option", action="append", default=[], metavar="AGENT.KEY=VALUE",
                    help="agent option for one agent, e.g. ppo.epochs=2 (repeatable)")  # fmt: skip
     p.add_argument("--reuse", nargs="+", type=float, default=None,
-                   help="sample-reuse ratios to sweep (PPO epochs; Rainbow/BTR replay ratio)")  # fmt: skip
+                   help="sample-reuse ratios to sweep (PPO/PQN epochs; Rainbow/BTR replay ratio)")  # fmt: skip
     p.add_argument("--horizon", nargs="+", type=int, default=None,
-                   help="bootstrap horizons to sweep (PPO segment length; Rainbow/BTR n-step)")  # fmt: skip
+                   help="bootstrap horizons to sweep (PPO/PQN segment length; Rainbow/BTR n-step)")  # fmt: skip
     p.add_argument("--eval-episodes", type=int, default=0, help="greedy evaluation episodes at the end of each run")
     p.add_argument("--backend", choices=["local", "ray"], default="local", help="local process pool or Ray tasks")
     p.add_argument("--address", default=None, help="Ray cluster address (auto | HOST:PORT); default: start one")

@@ -131,6 +131,15 @@ def resolve(run: RunConfig, overrides: dict[str, Any], spell: Spell | None = Non
     return mod, cfg
 
 
+def inactive_options(mod, cfg, spec) -> list[str]:
+    """The agent options that change nothing on this env with this config, from the agent
+    module's own pure ``inactive_options(cfg, spec)`` (none if it has none): warned about and
+    recorded in config.json, so a switch is never silently off (e.g. BTR's ``--impala`` on vector
+    observations). A ValueError says the config cannot take the env at all."""
+    fn = getattr(mod, "inactive_options", None)
+    return sorted(fn(cfg, spec)) if fn is not None else []
+
+
 def _rng_state() -> dict:
     return {"torch": torch.get_rng_state(), "numpy": np.random.get_state(), "python": random.getstate(),
             "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None}  # fmt: skip
@@ -267,7 +276,20 @@ def train(
     # progress: budget_used() below, which reads the clock; agents see only the fraction.
     ctx = AgentContext(spec=spec, num_envs=n, device=device, total_env_steps=total,
                        progress=lambda: budget_used())  # fmt: skip
-    agent = mod.Agent(cfg, ctx)
+    try:
+        inactive = inactive_options(mod, cfg, spec)
+        agent = mod.Agent(cfg, ctx)
+    except ValueError as e:  # the config cannot take this env, e.g. a conv torso on vector observations
+        env.close()
+        raise UserError(f"{run.agent} on {run.game}: {e}") from None
+    # All are recorded; the warning names the ones someone chose: a switch that is on, or a value
+    # a preset or the user set (not every image run warning that the unused MLP keeps its depth).
+    defaults = {f.name: f.default for f in dataclasses.fields(cfg)}
+    chosen = [k for k in inactive if getattr(cfg, k) is True or getattr(cfg, k) != defaults.get(k)]
+    if chosen:
+        print(f"bench: warning: {run.agent} options with no effect on {run.game} (observation "
+              f"{list(spec.obs_shape)}): {', '.join(chosen)} (config.json: inactive_options)",
+              file=sys.stderr, flush=True)  # fmt: skip
     meter = Meter(device=device)
 
     if status == "new":
@@ -277,6 +299,7 @@ def train(
             "env": {"game": spec.game, "family": spec.family, "obs_shape": list(spec.obs_shape),
                     "obs_dtype": str(spec.obs_dtype).removeprefix("torch."), "num_actions": spec.num_actions,
                     "frameskip": spec.frameskip, "num_envs": n, "protocol": spec.protocol},
+            "inactive_options": inactive,
             "fingerprint": fingerprint(device),
             "command": command,
         })  # fmt: skip

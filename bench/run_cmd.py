@@ -11,7 +11,7 @@ from bench.errors import UserError
 
 
 def add_run_options(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--agent", required=True, help="agent name (random, ppo, rainbow, btr)")
+    p.add_argument("--agent", required=True, help="agent name (random, ppo, rainbow, btr, pqn)")
     p.add_argument("--game", required=True, help="breakout (ALE id), puffer_breakout (Ocean), gym:CartPole-v1")
     p.add_argument("--seed", type=int, default=1, help="run seed (default 1)")
     p.add_argument("--steps", default=None, help="env-step budget, e.g. 2M, 500k (rounded up to whole vector steps)")

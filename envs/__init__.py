@@ -3,6 +3,7 @@ imported lazily (PufferLib only ever from :mod:`envs.puffer`).
 
 * ``puffer_<name>``: PufferLib Ocean C env (``puffer_breakout``, ``puffer_pong``, ...);
 * ``gym:<id>``: any gymnasium id (``gym:CartPole-v1``);
+* ``minatar:<game>``: a MinAtar game (``minatar:breakout``; :mod:`envs.minatar`);
 * anything else: an ALE ROM id (``breakout``, ``ms_pacman``, ...).
 """
 
@@ -26,6 +27,8 @@ def family_of(game: str) -> str:
         return "puffer"
     if game.startswith("gym:"):
         return "gym"
+    if game.startswith("minatar:"):
+        return "minatar"
     return "ale"
 
 
@@ -38,6 +41,10 @@ def known_games(family: str) -> list[str]:
         from envs import ale
 
         return ale.games()
+    if family == "minatar":
+        from envs import minatar
+
+        return minatar.games()
     import gymnasium as gym
 
     return [f"gym:{k}" for k in gym.registry]
@@ -52,7 +59,7 @@ def check_game(game: str) -> None:
     pool = names if fam != "ale" else names + known_games("puffer")
     close = difflib.get_close_matches(game, pool, n=3, cutoff=0.5)
     hint = f"; did you mean {', '.join(close)}?" if close else ""
-    kinds = "ALE ids like breakout, puffer_<ocean env>, or gym:<gymnasium id>"
+    kinds = "ALE ids like breakout, puffer_<ocean env>, minatar:<game>, or gym:<gymnasium id>"
     raise UnknownGame(f"unknown game {game!r}{hint} (games are {kinds})")
 
 
@@ -63,7 +70,8 @@ def make(
     protocol: str | None = None,
     num_threads: int = 0,
 ) -> VecEnv:
-    """Build the batched env for ``game``. ``protocol`` applies to ALE games only."""
+    """Build the batched env for ``game``. ``protocol`` applies to ALE games only (MinAtar's is
+    fixed: :mod:`envs.minatar`)."""
     check_game(game)
     device = torch.device(device)
     fam = family_of(game)
@@ -75,6 +83,10 @@ def make(
         from envs.gym import GymEnv
 
         return GymEnv(game, num_envs, device)
+    if fam == "minatar":
+        from envs.minatar import MinAtarEnv
+
+        return MinAtarEnv(game, num_envs, device)
     from envs.ale import DEFAULT_PROTOCOL, AtariEnv
 
     return AtariEnv(game, num_envs, device, protocol or DEFAULT_PROTOCOL, num_threads)

@@ -1,6 +1,6 @@
 """The batched, torch-native environment interface shared by every family.
 
-Every adapter (ALE, PufferLib Ocean, gymnasium) exposes the same three things:
+Every adapter (ALE, PufferLib Ocean, gymnasium, MinAtar) exposes the same three things:
 
 * ``spec``: an :class:`EnvSpec` (shapes, action count, frameskip, the protocol card);
 * ``reset(seed) -> obs``: ``[N, *obs_shape]``;
@@ -33,9 +33,9 @@ class EnvSpec:
     """Static description of a batched environment."""
 
     game: str  # canonical game name: "breakout", "puffer_breakout", "gym:CartPole-v1"
-    family: str  # "ale" | "puffer" | "gym"
+    family: str  # "ale" | "puffer" | "gym" | "minatar"
     obs_shape: tuple[int, ...]  # per-env observation shape, e.g. (4, 84, 84) or (118,)
-    obs_dtype: torch.dtype  # torch.uint8 for Atari frames, torch.float32 for vectors
+    obs_dtype: torch.dtype  # torch.uint8 for Atari frames, torch.bool for MinAtar boards, torch.float32 for vectors
     num_actions: int  # size of the discrete action set
     frameskip: int  # emulator frames per env step: frames = env_steps * frameskip
     protocol: dict[str, Any] = field(default_factory=dict)  # the protocol card, stored per run

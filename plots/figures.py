@@ -27,7 +27,7 @@ from plots.stats import AGGREGATE_NAMES, AGGREGATES, Curve, Estimate
 # Fixed colours for the suite's agents (colour-blind-safe Tableau hues); other labels (sweep
 # variants, new agents) take the palette in sorted order, so a label keeps its colour across
 # every figure of a report.
-FIXED_COLORS = {"ppo": "#1f77b4", "rainbow": "#d62728", "btr": "#2ca02c", "random": "#7f7f7f"}
+FIXED_COLORS = {"ppo": "#1f77b4", "rainbow": "#d62728", "btr": "#2ca02c", "pqn": "#6a3d9a", "random": "#7f7f7f"}
 PALETTE = ["#ff7f0e", "#9467bd", "#8c564b", "#e377c2", "#17becf", "#bcbd22", "#393b79", "#ad494a",
            "#637939", "#7b4173"]  # fmt: skip
 PHASE_STYLE = {"env": (1.0, ""), "act": (0.7, "//"), "learn": (0.45, ".."), "eval": (0.2, "xx")}

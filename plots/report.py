@@ -147,6 +147,17 @@ def capped_eval_warning(run: Run, scored_by_eval: bool) -> str | None:
     )
 
 
+def inactive_option_notes(runs: list[Run]) -> list[str]:
+    """One note per (label, game) whose runs recorded agent options with no effect on that game's
+    observations (config.json ``inactive_options``, e.g. BTR's ``impala`` on a vector game), so a
+    switch that did nothing is never read as a result."""
+    found: dict[tuple[str, str], set[str]] = defaultdict(set)
+    for r in runs:
+        found[(r.label, r.game)].update(r.config.get("inactive_options") or [])
+    return [f"{lab} on {g}: options with no effect on this game's observations: {', '.join(sorted(names))} "
+            "(config.json inactive_options)" for (lab, g), names in sorted(found.items()) if names]  # fmt: skip
+
+
 def has_eval(run: Run) -> bool:
     return bool(np.isfinite(run.evals.get("eval_return_mean", np.zeros(0))).any())
 
@@ -236,6 +247,7 @@ def compute(runs: list[Run], skipped: list[tuple[Path, str]], opts: Options) -> 
         warning = capped_eval_warning(r, scores[r.path].source == "eval")
         if warning:
             notes.append(warning)
+    notes += inactive_option_notes(runs)
 
     # Per (label, game) rows.
     rows: list[GroupRow] = []

@@ -16,6 +16,7 @@ from bench.harness import EpisodeTracker
         ("puffer_breakout", (118,), torch.float32, 3, 4),
         ("gym:CartPole-v1", (4,), torch.float32, 2, 1),
         ("breakout", (4, 84, 84), torch.uint8, 4, 4),
+        ("minatar:breakout", (4, 10, 10), torch.bool, 6, 1),
     ],
 )
 def test_spaces_and_dtypes(game, shape, dtype, actions, frameskip):
@@ -78,7 +79,7 @@ def test_episode_accounting_known_returns():
     assert mean_ret == pytest.approx(rets.mean()) and tracker.drain() == (None, None)
 
 
-@pytest.mark.parametrize("game", ["puffer_breakout", "gym:CartPole-v1", "breakout"])
+@pytest.mark.parametrize("game", ["puffer_breakout", "gym:CartPole-v1", "breakout", "minatar:breakout"])
 def test_same_seed_same_observations(game):
     def rollout(seed):
         env = envs.make(game, 2)
@@ -98,6 +99,8 @@ def test_unknown_game_names_closest():
         envs.make("puffer_brakout", 1)
     with pytest.raises(envs.UnknownGame, match="did you mean breakout"):
         envs.make("breakot", 1)
+    with pytest.raises(envs.UnknownGame, match="did you mean minatar:space_invaders"):
+        envs.make("minatar:space_invader", 1)
 
 
 def test_ale_protocols_recorded_and_life_loss():

@@ -12,6 +12,7 @@ import torch
 from agents import ppo
 from agents.api import AgentContext
 from envs.base import EnvSpec, EnvStep
+from tests.helpers.rollouts import fake_step, play
 
 SPEC = EnvSpec(game="fake", family="gym", obs_shape=(3,), obs_dtype=torch.float32, num_actions=3, frameskip=1)
 
@@ -20,29 +21,6 @@ def make_agent(N: int = 2, T: int = 4, total: int | None = 10_000, **kw) -> ppo.
     kw = {"epochs": 2, "minibatches": 2, "encoder": "mlp", "hidden": 16, "reward_clip": 0.0, **kw}
     cfg = ppo.Config(num_envs=N, segment_length=T, **kw)
     return ppo.Agent(cfg, AgentContext(SPEC, N, torch.device("cpu"), total))
-
-
-def fake_step(N: int, reward=None, term=(), trunc=(), final_obs=None) -> EnvStep:
-    t, tr = torch.zeros(N, dtype=torch.bool), torch.zeros(N, dtype=torch.bool)
-    t[list(term)], tr[list(trunc)] = True, True
-    obs = torch.randn(N, 3)
-    return EnvStep(obs=obs, reward=torch.ones(N) if reward is None else reward, terminated=t, truncated=tr,
-                   done=t | tr, final_obs=obs if final_obs is None else final_obs)  # fmt: skip
-
-
-def play(agent: ppo.Agent, vector_steps: int, **step_kw) -> list[dict]:
-    """Drive the agent with random observations; return the metrics of every update."""
-    out = []
-    obs = torch.randn(agent.n, 3)
-    for _ in range(vector_steps):
-        agent.act(obs)
-        step = fake_step(agent.n, **step_kw)
-        agent.observe(step)
-        m = agent.update()
-        if m is not None:
-            out.append(m)
-        obs = step.obs
-    return out
 
 
 # -- pure pieces -------------------------------------------------------------------------------
