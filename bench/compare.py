@@ -39,7 +39,10 @@ MAX_RUNS = 1000
 
 def add_arguments(p: argparse.ArgumentParser, argv: list[str]) -> None:
     p.add_argument("--agents", nargs="*", required=True, help="agents to compare, e.g. ppo rainbow")
-    p.add_argument("--game", required=True, help="game name (breakout, puffer_breakout, gym:CartPole-v1)")
+    p.add_argument("--game", nargs="+", default=None, metavar="GAME",
+                   help="game name(s) (breakout, puffer_breakout, minatar:breakout, gym:CartPole-v1)")
+    p.add_argument("--suite", default=None, help="a named suite of games instead of --game: "
+                   "minatar, ocean, atari5, atari57 (the report then aggregates over the suite)")
     p.add_argument("--seeds", type=int, default=3, help="seeds per agent (default 3; seeds are 1..N)")
     p.add_argument("--steps", default=None, help="env-step budget per run (default: ALE 10M, gym 300K)")
     p.add_argument("--time", default=None, help="training wall clock per run (default for puffer_*: 2m)")
@@ -156,6 +159,31 @@ def expand(agents: list[str], game: str, seeds: int, out: Path, steps: int | Non
     return specs
 
 
+def games_of(game: list[str] | None, suite: str | None, game_flag: str = "--game",
+             suite_flag: str = "--suite") -> list[str]:  # fmt: skip
+    """The games a command runs: ``--game`` names or one ``--suite``, never both; each checked."""
+    from envs import suites
+
+    if game and suite:
+        raise UserError(f"{suite_flag} {suite} and {game_flag} {' '.join(map(str, game))}: give a suite or games, not both")
+    if suite is not None:
+        try:
+            games = list(suites.get(suite).games)
+        except suites.UnknownSuite as e:
+            raise UserError(f"{suite_flag}: {e}") from None
+    elif game:
+        games = list(dict.fromkeys(game))
+    else:
+        raise UserError(f"give {game_flag} GAME (one or more) or {suite_flag} NAME ({', '.join(suites.names())})")
+    for g in games:
+        try:
+            envs.check_game(g)
+        except envs.UnknownGame as e:
+            where = f" (in suite {suite})" if suite else ""
+            raise UserError(f"{e}{where}") from None
+    return games
+
+
 def check_existing(specs: list[RunSpec]) -> None:
     """Refuse up front if --out already holds runs with other budgets or options."""
     for s in specs:
@@ -204,28 +232,32 @@ def main(args: argparse.Namespace) -> int:
         raise UserError(f"--reps {args.reps} must be >= 1")
     if args.out == "":
         raise UserError("--out '': empty path (give a folder, or leave --out out for runs/compare-<game>)")
-    try:
-        envs.check_game(args.game)
-    except envs.UnknownGame as e:
-        raise UserError(str(e)) from None
+    games = games_of(args.game, args.suite)
     steps, time_s = parse_steps(args.steps, "--steps"), parse_duration(args.time, "--time")
     if steps is None and time_s is None:
-        d = DEFAULT_BUDGET[envs.family_of(args.game)]
+        fams = sorted({envs.family_of(g) for g in games})
+        if len({json.dumps(DEFAULT_BUDGET[f], sort_keys=True) for f in fams}) > 1:
+            raise UserError(f"games of families {', '.join(fams)} have different default budgets: "
+                            "give --steps and/or --time")  # fmt: skip
+        d = DEFAULT_BUDGET[fams[0]]
         steps, time_s = d.get("steps"), d.get("time_s")
-    out = Path(args.out or f"runs/compare-{args.game.replace(':', '_').replace('/', '_')}")
+    name = args.suite or "-".join(g.replace(":", "_").replace("/", "_") for g in games[:3]) + (
+        f"-and-{len(games) - 3}-more" if len(games) > 3 else "")  # fmt: skip
+    out = Path(args.out or f"runs/compare-{name}")
     check_out_root(out)
-    n_runs = len(agents) * len(args.reuse or [0]) * len(args.horizon or [0]) * args.seeds
+    n_runs = len(agents) * len(args.reuse or [0]) * len(args.horizon or [0]) * args.seeds * len(games)
     check_run_count(n_runs, args.max_runs, "compare")
     options = parse_agent_options(args.agent_option, agents)
-    specs = expand(agents, args.game, args.seeds, out, steps, time_s, options, args.reuse, args.horizon,
-                   args.eval_episodes)  # fmt: skip
+    specs = [s for g in games for s in expand(agents, g, args.seeds, out, steps, time_s, options, args.reuse,
+                                              args.horizon, args.eval_episodes)]  # fmt: skip
     check_existing(specs)
     make_out_root(out)
     workers = args.workers or min(len(allowed_cpus()), len(specs))
     budget = " and ".join(x for x in (steps and f"{steps:,} env_steps", time_s and f"{time_s:g} s training wall clock") if x)
     print(f"compare: {len(specs)} runs ({', '.join(agents)} x {args.seeds} seeds"
           f"{' x reuse ' + str(args.reuse) if args.reuse else ''}{' x horizon ' + str(args.horizon) if args.horizon else ''}) "
-          f"on {args.game}, budget {budget} each, into {out}")  # fmt: skip
+          f"on {('suite ' + args.suite + ': ') if args.suite else ''}{', '.join(games)}, budget {budget} each, "
+          f"into {out}")  # fmt: skip
     print(eta_text(specs, workers), flush=True)
     if args.backend == "ray":
         results = run_ray(specs, args.address, max(1, len(allowed_cpus()) // workers), 0, out / "logs")
@@ -237,7 +269,8 @@ def main(args: argparse.Namespace) -> int:
     if not args.no_report:
         from bench.cli import main as cli
 
-        code = cli(["report", str(out), "--out", str(out / "report"), "--reps", str(args.reps)])
+        code = cli(["report", str(out), "--out", str(out / "report"), "--reps", str(args.reps)]
+                   + (["--suite", args.suite] if args.suite else []))  # fmt: skip
         if code != 0:
             return code
     return 1 if failed else 0

@@ -32,6 +32,9 @@ def add_arguments(p: argparse.ArgumentParser, argv: list[str] | None = None) -> 
     p.add_argument(
         "--formats", default="png,pdf", help="figure files to write, comma-separated (default png,pdf)"
     )
+    p.add_argument("--suite", default=None,
+                   help="aggregate over this named suite's games only (minatar, ocean, atari5, atari57) and "
+                        "say which of its games have no runs")  # fmt: skip
     p.add_argument("--allow-mixed", action="store_true",
                    help="pool runs with different protocols or hardware fingerprints (marked MIXED)")  # fmt: skip
 
@@ -47,12 +50,19 @@ def main(args: argparse.Namespace) -> int:
     out = Path(args.out) if args.out else Path(args.dirs[0]) / "report"
     if args.out:  # the default, DIR/report, is checked with DIR (and on creation)
         check_target_dir(out, "--out")
+    if args.suite is not None:
+        from envs.suites import UnknownSuite, get
+
+        try:
+            get(args.suite)
+        except UnknownSuite as e:
+            raise UserError(f"--suite: {e}") from None
     formats = tuple(f.strip().lower() for f in args.formats.split(",") if f.strip())
     bad = [f for f in formats if f not in ("png", "pdf", "svg")]
     if bad or not formats:
         raise UserError(f"--formats {args.formats!r}: choose from png, pdf, svg")
     opts = Options(out=out, reps=args.reps, seed=args.seed, last_episodes=args.last_episodes,
-                   allow_mixed=args.allow_mixed, score=args.score, formats=formats,
+                   allow_mixed=args.allow_mixed, score=args.score, formats=formats, suite=args.suite,
                    command="bench " + " ".join(shlex.quote(a) for a in sys.argv[1:]))  # fmt: skip
     num, files = build_report(args.dirs, opts)
     for p, why in num.skipped:  # damaged runs are listed in the report too (summary.md, summary.json)

@@ -4,7 +4,7 @@ A sweep file (see ``experiments/``)::
 
     name = "reuse-puffer-breakout"      # output folder runs/<name> unless --out
     agents = ["ppo", "rainbow"]
-    games = ["puffer_breakout"]
+    games = ["puffer_breakout"]        # or suite = "minatar" (minatar, ocean, atari5, atari57)
     seeds = 2                           # seeds 1..N (or a list, e.g. [1, 5])
     time = "2m"                         # and/or steps = "2M": equal budget for every run
     reuse = [1, 4]                      # optional: sample-reuse ratios (see bench compare)
@@ -33,7 +33,7 @@ from bench.config import parse_duration, parse_steps
 from bench.errors import UserError
 from bench.runner import allowed_cpus, run_local, run_ray
 
-KNOWN_KEYS = {"name", "agents", "games", "seeds", "time", "steps", "reuse", "horizon", "eval_episodes", "options",
+KNOWN_KEYS = {"name", "agents", "games", "suite", "seeds", "time", "steps", "reuse", "horizon", "eval_episodes", "options",
               "grid", "workers"}  # fmt: skip
 
 
@@ -72,9 +72,18 @@ def load_sweep(path: str) -> dict:
     unknown = sorted(set(cfg) - KNOWN_KEYS)
     if unknown:
         raise UserError(f"{path}: unknown key(s) {', '.join(unknown)} (known: {', '.join(sorted(KNOWN_KEYS))})")
+    if "suite" in cfg:
+        from bench.compare import games_of
+        from envs import suites
+
+        if not isinstance(cfg["suite"], str) or not cfg["suite"].strip():
+            raise UserError(f"{path}: suite = {cfg['suite']!r} must be a suite name")
+        games_of(cfg.get("games"), cfg["suite"], "games", f"{path}: suite")
+        cfg["games"] = list(suites.get(cfg["suite"]).games)
     for key, tp in (("agents", list), ("games", list)):
         if not isinstance(cfg.get(key), tp) or not cfg[key] or not all(isinstance(x, str) for x in cfg[key]):
-            raise UserError(f"{path}: '{key}' must be a non-empty list of names")
+            what = " (or a suite = NAME)" if key == "games" else ""
+            raise UserError(f"{path}: '{key}' must be a non-empty list of names{what}")
     if "time" not in cfg and "steps" not in cfg:
         raise UserError(f"{path}: give a budget: steps and/or time")
     for table in ("options", "grid"):
@@ -189,5 +198,5 @@ def main(args: argparse.Namespace) -> int:
     if args.report and not failed:
         from bench.cli import main as cli
 
-        return cli(["report", str(out), "--out", str(out / "report")])
+        return cli(["report", str(out), "--out", str(out / "report")] + (["--suite", cfg["suite"]] if "suite" in cfg else []))
     return 1 if failed else 0

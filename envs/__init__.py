@@ -55,6 +55,12 @@ def check_game(game: str) -> None:
     fam = family_of(game)
     names = known_games(fam)
     if game in names:
+        if fam == "puffer":
+            from envs import puffer
+
+            why = puffer.refusal(game)
+            if why:
+                raise UnknownGame(f"{game} is refused: {why}")
         return
     pool = names if fam != "ale" else names + known_games("puffer")
     close = difflib.get_close_matches(game, pool, n=3, cutoff=0.5)

@@ -4,8 +4,13 @@ The Ocean C envs write observations, rewards, terminals and truncations into num
 they own; this adapter wraps those buffers once as zero-copy torch views, so a step costs one C
 call plus a few vector ops. Ocean envs reset themselves inside C when an episode ends, so the
 true final observation of a finished episode is not available: ``final_obs`` equals the reset
-observation (recorded in the protocol card). The games we use (breakout, pong, enduro) end by
-termination, where no bootstrap is needed, so this costs nothing there.
+observation (recorded in the protocol card). The games we accept end by termination, where no
+bootstrap is needed, so this costs nothing there.
+
+Not every Ocean game of the PufferLib 3.0 build reports its episodes in a way a harness can count:
+:data:`REFUSED` lists the single-agent discrete games we refuse and why (read from the C sources;
+the symptoms that can be observed are checked in ``tests/test_envs.py``). Multi-agent games and
+continuous or multi-discrete action spaces are refused when the env is built.
 
 Episode returns are summed by the harness from the raw per-step rewards, not read from
 PufferLib's aggregated logs, so every family reports returns the same way.
@@ -45,6 +50,47 @@ def _ocean():
     return pufferlib, environment
 
 
+# Paths are under pufferlib/ocean/ of the 3.0 build. PufferLib's vector code never passes
+# truncations to the C envs (env_binding.h: the line is commented out) and no game writes them, so
+# a time limit either counts as a terminal (fine: accepted games) or resets the game silently.
+REFUSED: dict[str, str] = {
+    "puffer_enduro": "episodes never end: a failed day sets the terminal flag and reset_round() clears it in "
+                     "the same step (enduro.h), so no return can be counted",
+    "puffer_go": "episodes never end: both endings call c_reset(), which clears the terminal flag (go.h)",
+    "puffer_tower_climb": "episodes never end: the only write to terminals sets 0, and the 60-step limit resets "
+                          "silently (tower_climb.h)",
+    "puffer_blastar": "the terminal flag is never cleared after the first game over (blastar.h writes only 1), "
+                      "so every later step would count as an episode",
+    "puffer_grid": "time-outs (2*w*h steps) reset the maze without a terminal or truncation flag (grid.h), so "
+                   "timed-out episodes merge into the next one",
+    "puffer_tripletriad": "the 30-step limit resets the game without a terminal or truncation flag "
+                          "(tripletriad.h), so timed-out episodes merge into the next one",
+    "puffer_cartpole": "the 200-step limit resets without a terminal or truncation flag (cartpole.h computes "
+                       "truncated but writes only terminals), so successful episodes merge; use gym:CartPole-v1",
+    "puffer_checkers": "not reproducible: the scripted opponent calls srand(time(NULL)) on every move "
+                       "(checkers.h), and its move overwrites the agent's reward",
+}
+# Multi-agent games (several agents per env: the harness counts one agent per env row and one episode
+# per env) and non-discrete action spaces; PufferEnv also checks both when it builds an env.
+_MULTI = {"snake": 256, "school": 1024, "trash_pickup": 3, "rware": 4, "target": 8, "moba": 5, "convert": 1024,
+          "cpr": 8, "terraform": 8, "nmmo3": 1024}  # fmt: skip
+REFUSED.update({f"puffer_{g}": f"multi-agent ({n} agents per env by default); the harness runs single-agent games"
+                for g, n in _MULTI.items()})  # fmt: skip
+REFUSED.update({
+    "puffer_drone": "continuous action space (Box(4)); the agents here are discrete-action",
+    "puffer_boids": "multi-discrete action space (MultiDiscrete([5, 5])); the agents here are single-discrete",
+    "puffer_tactical": "not a working env in this build (its reset() calls the C setup with the wrong arguments)",
+    "puffer_gpudrive": "multi-agent driving (num_agents=512 cars shared across maps) that reads map binaries "
+                       "from resources/gpudrive/, which the build does not ship",
+    "puffer_template": "PufferLib's template for writing a new env, not a game",
+})
+
+
+def refusal(game: str) -> str | None:
+    """Why ``game`` is refused (None: it is accepted or unknown)."""
+    return REFUSED.get(game)
+
+
 def games() -> list[str]:
     """Ocean env names this build provides, e.g. ``puffer_breakout``."""
     try:
@@ -73,7 +119,9 @@ def version() -> str | None:
 
 
 class PufferEnv:
-    def __init__(self, game: str, num_envs: int, device: torch.device = torch.device("cpu")):
+    def __init__(self, game: str, num_envs: int, device: torch.device = torch.device("cpu"), allow_refused=False):
+        if game in REFUSED and not allow_refused:
+            raise ValueError(f"{game} is refused: {REFUSED[game]}")
         _, environment = _ocean()
         name = game.removeprefix("puffer_")
         make = environment.env_creator(game)
@@ -81,6 +129,11 @@ class PufferEnv:
             warnings.simplefilter("ignore")
             self._env = make(num_envs=num_envs)
         e = self._env
+        # Returns are summed by the harness, so PufferLib's periodic log is never read; pushing its
+        # interval out of reach also skips connect4.py's log read, which raises KeyError
+        # 'episode_length' whenever no game ended since the last read.
+        if hasattr(e, "report_interval"):
+            e.report_interval = 1 << 62
         if e.num_agents != num_envs:
             raise ValueError(f"{game} has {e.num_agents // num_envs} agents per env; only single-agent games are supported")
         space = e.single_action_space

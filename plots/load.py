@@ -212,10 +212,13 @@ class Run:
 
 
 def _family_from_name(game: str) -> str:
+    # Mirrors envs.family_of without importing envs (the report runs without torch envs).
     if game.startswith("puffer_"):
         return "puffer"
     if game.startswith("gym:"):
         return "gym"
+    if game.startswith("minatar:"):
+        return "minatar"
     return "ale"
 
 

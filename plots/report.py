@@ -53,6 +53,7 @@ class Options:
     grid_points: int = 200  # points of the common grids
     formats: tuple[str, ...] = ("png", "pdf")  # figure files written
     command: str | None = None
+    suite: str | None = None  # aggregate over this named suite's games only (envs.suites)
 
 
 @dataclass
@@ -285,10 +286,22 @@ def compute(runs: list[Run], skipped: list[tuple[Path, str]], opts: Options) -> 
 
     # Cross-game aggregates over normalised final scores.
     norm_games = [g for g in games if normalizer(g, _family(runs, g)) is not None]
-    agg_games = [g for g in norm_games if all(any(r.label == lab and r.game == g and
+    in_suite = set(games)
+    if opts.suite:
+        from envs.suites import get as get_suite
+
+        suite_games = get_suite(opts.suite).games
+        in_suite = set(suite_games)
+        missing = [g for g in suite_games if g not in games]
+        if missing:
+            notes.append(f"suite {opts.suite}: {len(missing)} of {len(suite_games)} games have no runs here "
+                         f"({', '.join(missing)}), so the suite aggregate covers only the others")  # fmt: skip
+    agg_games = [g for g in norm_games if g in in_suite and all(any(r.label == lab and r.game == g and
                  math.isfinite(scores[r.path].normalized) for r in runs) for lab in labels)]  # fmt: skip
     for g in games:
-        if g not in norm_games:
+        if g not in in_suite:
+            notes.append(f"{g}: not in suite {opts.suite}, so left out of the suite aggregate")
+        elif g not in norm_games:
             notes.append(f"{g}: no human or min-max reference, so raw scores only (not in the aggregates)")
         elif g not in agg_games:
             notes.append(f"{g}: not scored by every agent, so left out of the cross-game aggregates")
@@ -539,7 +552,8 @@ def draw(num: Numbers, fig_dir: Path) -> list[Path]:
                 panels,
                 colors,
                 "normalised score (IQM)",
-                f"all games ({', '.join(num.agg_games)}): IQM of normalised scores, 95% CI{mark}",
+                (f"suite {num.opts.suite} ({', '.join(num.agg_games)})" if num.opts.suite else
+                 f"all games ({', '.join(num.agg_games)})") + f": IQM of normalised scores, 95% CI{mark}",
             )
             written += F.save(fig, fig_dir / "curves_aggregate", formats)
         else:
@@ -577,7 +591,8 @@ def draw(num: Numbers, fig_dir: Path) -> list[Path]:
             written += F.save(fig, fig_dir / name, formats)
 
         if num.aggregates:
-            foot = (f"normalised final scores over {', '.join(num.agg_games)}; bars: 95% stratified-bootstrap CI "
+            over = f"suite {num.opts.suite} ({len(num.agg_games)} games)" if num.opts.suite else ", ".join(num.agg_games)
+            foot = (f"normalised final scores over {over}; bars: 95% stratified-bootstrap CI "
                     f"({num.opts.reps} draws); no bar: single seed, CI absent{mark}")  # fmt: skip
             fig = F.interval_figure(num.aggregates, colors, "normalised score", foot)
             written += F.save(fig, fig_dir / "aggregate_intervals", formats)
@@ -585,7 +600,7 @@ def draw(num: Numbers, fig_dir: Path) -> list[Path]:
             F.draw_profile(axes[0][0], num.profiles, colors, {lab: _runs_in(num, lab, num.agg_games)
                                                                for lab in num.profiles})  # fmt: skip
             axes[0][0].set_xlabel(r"normalised score $\tau$")
-            axes[0][0].set_title(f"performance profile ({', '.join(num.agg_games)}){mark}")
+            axes[0][0].set_title(f"performance profile ({over}){mark}")
             axes[0][0].legend(loc="upper left", bbox_to_anchor=(1.02, 1.0))
             fig.tight_layout()
             written += F.save(fig, fig_dir / "performance_profile", formats)
@@ -695,12 +710,18 @@ def summary_md(num: Numbers, out: Path) -> str:
     )
 
     if num.aggregates:
-        L += [f"## Aggregate over games ({', '.join(num.agg_games)}), normalised", ""]
+        what = f"suite {num.opts.suite}: {len(num.agg_games)} games" if num.opts.suite else "games"
+        L += [f"## Aggregate over {what} ({', '.join(num.agg_games)}), normalised", ""]
         body = [[lab] + [fmt_est(num.aggregates[lab][k], _runs_in(num, lab, num.agg_games)) for k in AGGREGATES]
                 for lab in sorted(num.aggregates)]  # fmt: skip
         L += _md_table(["agent"] + [AGGREGATE_NAMES[k] + " [95% CI]" for k in AGGREGATES], body)
         L += ["Optimality gap: how far below a normalised score of 1 the runs fall on average (lower is better).",
               ""]  # fmt: skip
+        L += ["Normalisation (score - lo) / (hi - lo) per game:", ""]
+        for g in num.agg_games:
+            n = normalizer(g, _family(num.runs, g))
+            L.append(f"- {g}: {n.kind}, lo {n.lo:g}, hi {n.hi:g} ({n.source})")
+        L.append("")
     if num.poi:
         L += ["## Probability of improvement", ""]
         body = [[f"P({x} > {y})", fmt_est(e, 2 if e.has_ci else 1)] for x, y, e in num.poi]
@@ -854,7 +875,10 @@ def summary_json(num: Numbers, out: Path) -> dict:
         "skipped": [{"path": p, "reason": why} for p, why in num.skipped],
         "runs": runs,
         "per_agent_game": rows,
+        "suite": o.suite,
         "aggregate_games": num.agg_games,
+        "normalization": {g: {"kind": n.kind, "lo": n.lo, "hi": n.hi, "source": n.source}
+                          for g in num.agg_games for n in [normalizer(g, _family(num.runs, g))]},
         "aggregates": num.aggregates,
         "probability_of_improvement": [{"x": x, "y": y, "estimate": e} for x, y, e in num.poi],
         "performance_profiles": {

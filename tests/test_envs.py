@@ -128,3 +128,63 @@ def test_puffer_protocol_card():
     p = env.spec.protocol
     assert p["frameskip"] == 4 and "final_obs" in p and p["constructor"]["frameskip"] == 4
     env.close()
+
+
+# Ocean games: each single-agent discrete game of the build is accepted (and runs PPO end to end)
+# or refused with a reason; the refusals that can be observed from outside are checked here, so a
+# PufferLib build that fixes them fails this test and the game can be accepted.
+OCEAN_ACCEPTED = ["puffer_breakout", "puffer_pong", "puffer_pacman", "puffer_freeway", "puffer_tetris",
+                  "puffer_squared", "puffer_connect4"]  # fmt: skip
+
+
+def test_every_ocean_game_is_accepted_or_refused_with_a_reason():
+    from envs import puffer
+
+    names = set(envs.known_games("puffer"))
+    assert set(OCEAN_ACCEPTED) <= names
+    unclassified = sorted(names - set(OCEAN_ACCEPTED) - set(puffer.REFUSED))
+    assert not unclassified, f"Ocean games neither tested nor refused: {unclassified}"
+    for g in names & set(puffer.REFUSED):
+        with pytest.raises(envs.UnknownGame, match=f"{g} is refused: "):
+            envs.check_game(g)
+
+
+def _random_dones(game, num_envs, steps, seed=0):
+    from envs.puffer import PufferEnv
+
+    env = PufferEnv(game, num_envs, allow_refused=True)
+    env.reset(seed)
+    gen = torch.Generator().manual_seed(seed)
+    out = []
+    for _ in range(steps):
+        out.append(env.step(torch.randint(0, env.spec.num_actions, (num_envs,), generator=gen)).done.clone())
+    env.close()
+    return torch.stack(out)  # [steps, N]
+
+
+@pytest.mark.parametrize("game, steps", [("puffer_enduro", 15_000), ("puffer_go", 3_000), ("puffer_tower_climb", 3_000)])
+def test_refused_ocean_games_never_end_an_episode(game, steps):
+    # enduro: a day is ~13,920 steps; go and tower_climb hit their 147 / 60-step limits many times over
+    assert not _random_dones(game, 2, steps).any()
+
+
+def test_refused_blastar_terminal_flag_sticks():
+    d = _random_dones("puffer_blastar", 2, 20_000)
+    first = int(torch.nonzero(d[:, 0]).min())
+    assert d[first:, 0].all()  # once game over, every later step reads as an episode end
+
+
+@pytest.mark.parametrize("game", OCEAN_ACCEPTED)
+def test_accepted_ocean_games_run_ppo_end_to_end(game, tmp_path):
+    from bench.cli import main as cli
+
+    out = tmp_path / "r"
+    assert cli(["run", "--agent", "ppo", "--game", game, "--steps", "12k", "--seed", "1", "--out", str(out),
+                "--num-envs", "4", "--minibatches", "2", "--segment-length", "256", "--log-every", "1"]) == 0  # fmt: skip
+    import csv
+
+    rows = list(csv.DictReader(open(out / "metrics.csv")))
+    assert float(rows[-1]["env_steps"]) >= 12_000
+    assert float(rows[-1]["grad_samples"]) > 0
+    assert float(rows[-1]["episodes"]) > 0  # full games finished and were counted
+    assert any(r["episode_return"] not in ("", "nan") for r in rows)

@@ -213,8 +213,8 @@ def test_human_normalised_scores_by_hand():
 
 def test_min_max_and_unknown_games():
     n = normalizer("puffer_breakout", "puffer")
-    assert n.kind == "min-max" and (n.lo, n.hi) == (0.0, 864.0)
-    assert normalize("puffer_breakout", 432.0, "puffer") == pytest.approx(0.5)
-    assert normalizer("puffer_pong", "puffer") is None  # shaped rewards: no stated range
-    assert math.isnan(normalize("puffer_pong", 3.0, "puffer"))
+    assert n.kind == "min-max" and (n.lo, n.hi) == (0.805, 864.0)  # measured random mean to the game's maximum
+    assert normalize("puffer_breakout", (0.805 + 864) / 2, "puffer") == pytest.approx(0.5)
+    assert normalizer("puffer_snake", "puffer") is None  # no stated range
+    assert math.isnan(normalize("puffer_snake", 3.0, "puffer"))
     assert normalizer("pong", "puffer") is None  # a non-ALE family never takes the Atari table
