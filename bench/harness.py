@@ -291,6 +291,10 @@ def train(
               f"{list(spec.obs_shape)}): {', '.join(chosen)} (config.json: inactive_options)",
               file=sys.stderr, flush=True)  # fmt: skip
     meter = Meter(device=device)
+    # The MFU denominator, from the per-machine cache (measured there once, before any clock runs).
+    from bench.peak import matmul_peak
+
+    peak = matmul_peak(threads, torch.float32, device)
 
     if status == "new":
         rd.create({
@@ -368,7 +372,7 @@ def train(
             rd.save_checkpoint({"agent": agent.state_dict(), "meter": meter.state_dict(), "rng": _rng_state(),
                                 "rows": {k: v.rows for k, v in logs.items()}, "next_log": next_log,
                                 "next_eval": next_eval, "train_wall_s": w, "resumes": resumes})  # fmt: skip
-            rd.write_compute(_compute(meter, w, params, status="partial"))
+            rd.write_compute(_compute(meter, w, params, status="partial", peak=peak))
 
     def run_eval() -> None:
         nonlocal eval_env
@@ -429,7 +433,7 @@ def train(
                 if bad is not None:
                     rd.mark_failed({"reason": f"non-finite {bad} = {metrics[bad]}", "env_steps": c.env_steps,
                                     "grad_steps": c.grad_steps, "wall_s": wall()})  # fmt: skip
-                    rd.write_compute(_compute(meter, wall(), params, status="failed"))
+                    rd.write_compute(_compute(meter, wall(), params, status="failed", peak=peak))
                     raise RunFailed(f"{bad} became {metrics[bad]} at env_steps={c.env_steps}; run marked failed "
                                     f"in {rd.path}")  # fmt: skip
                 logs["learner"].write({"wall_s": wall(), "env_steps": c.env_steps, "grad_steps": c.grad_steps,
@@ -472,7 +476,7 @@ def train(
     if run.eval_episodes and (not eval_every or logs["eval"].rows == 0 or next_eval - eval_every != c.env_steps):
         run_eval()  # a final evaluation at the budget, unless one just happened
     checkpoint()
-    summary = _compute(meter, wall(), params, status="done")  # after it: its seconds are recorded
+    summary = _compute(meter, wall(), params, status="done", peak=peak)  # after it: its seconds are recorded
     rd.write_compute(summary)
     for log in logs.values():
         log.close()
@@ -491,7 +495,24 @@ def _scalar(v: Any) -> Any:
     return v
 
 
-def _compute(meter: Meter, wall_s: float, params: int, status: str) -> dict[str, Any]:
+def _utilisation(meter: Meter, wall_s: float, peak: dict | None) -> dict[str, Any]:
+    """Achieved FLOP/s and MFU overall and per phase (bench.peak says what they count)."""
+    from bench.peak import utilisation
+
+    c = meter.counters
+    fa, fg = meter.flops_per_act_sample or 0.0, meter.flops_per_grad_sample or 0.0
+    p = (peak or {}).get("flops_per_s") or 0.0
+    out: dict[str, Any] = {"peak_flops_per_s": p or None, "peak_key": (peak or {}).get("key")}
+    for name, flops, secs in (("", fa * c.env_steps + fg * c.grad_samples, wall_s),
+                              ("act_", fa * c.env_steps, meter.phase_s["act"]),
+                              ("learn_", fg * c.grad_samples, meter.phase_s["learn"])):  # fmt: skip
+        rate, mfu = utilisation(flops, secs, p)
+        out[f"{name}flops_per_s"] = rate if rate == rate else None  # NaN -> null in JSON
+        out[f"mfu{'_' + name.rstrip('_') if name else ''}"] = mfu if mfu == mfu else None
+    return out
+
+
+def _compute(meter: Meter, wall_s: float, params: int, status: str, peak: dict | None = None) -> dict[str, Any]:
     c = meter.counters
     fa, fg = meter.flops_per_act_sample or 0.0, meter.flops_per_grad_sample or 0.0
     return {
@@ -510,6 +531,7 @@ def _compute(meter: Meter, wall_s: float, params: int, status: str) -> dict[str,
         "flops_per_act_sample": fa,
         "flops_per_grad_sample": fg,
         "train_flops": fa * c.env_steps + fg * c.grad_samples,
+        **_utilisation(meter, wall_s, peak),
     }
 
 

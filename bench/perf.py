@@ -104,6 +104,13 @@ def measure(agent: str, game: str, overrides: dict, seconds: float, seed: int, t
         span = end["wall_s"]
     d = {k: end["phase_s"][k] - start["phase_s"][k] for k in ("env", "act", "learn")}
     steps = end["env_steps"] - start["env_steps"]
+    from bench.peak import utilisation
+
+    fa, fg = summary["flops_per_act_sample"] or 0.0, summary["flops_per_grad_sample"] or 0.0
+    grads = end["grad_samples"] - start["grad_samples"]
+    peak = summary.get("peak_flops_per_s") or 0.0
+    rate, mfu = utilisation(fa * steps + fg * grads, span, peak)
+    learn_rate, learn_mfu = utilisation(fg * grads, d["learn"], peak)
     return {
         "agent": agent, "game": game, "num_envs": n, "overrides": {k: str(v) for k, v in overrides.items()},
         "sps": steps / span,
@@ -115,6 +122,10 @@ def measure(agent: str, game: str, overrides: dict, seconds: float, seed: int, t
         "total_env_steps": summary["env_steps"], "total_wall_s": summary["train_wall_s"],
         "flops_per_grad_sample": summary["flops_per_grad_sample"],
         "flops_per_act_sample": summary["flops_per_act_sample"],
+        # Meter FLOPs (matmuls and convolutions) per second of the steady window, and that over the
+        # machine's calibrated float32 matmul peak (bench.peak); the learn phase's own rate beside it.
+        "flops_per_s": rate, "mfu": mfu, "learn_flops_per_s": learn_rate, "mfu_learn": learn_mfu,
+        "peak_flops_per_s": peak or None,
     }  # fmt: skip
 
 
@@ -128,7 +139,10 @@ def _line(r: dict) -> str:
             f"{warn}\n  env {r['env_s']:.1f}s ({pct['env']:.0f}%)  act {r['act_s']:.1f}s ({pct['act']:.0f}%)  "
             f"learn {r['learn_s']:.1f}s ({pct['learn']:.0f}%)\n"
             f"  reuse_ratio {r['reuse_ratio']:.2f}  params {r['params']:,}  "
-            f"{r['flops_per_grad_sample'] / 1e6:.2f} MFLOP/grad_sample")  # fmt: skip
+            f"{r['flops_per_grad_sample'] / 1e6:.2f} MFLOP/grad_sample\n"
+            f"  {r['flops_per_s'] / 1e9:.2f} GFLOP/s = MFU {100 * r['mfu']:.1f}% of the {(r['peak_flops_per_s'] or float('nan')) / 1e9:.0f} "
+            f"GFLOP/s float32 matmul peak (learn phase: MFU {100 * r['mfu_learn']:.1f}%; matmuls and convolutions "
+            "only)")  # fmt: skip
 
 
 def main(args: argparse.Namespace) -> int:

@@ -78,18 +78,19 @@ def _print_table(num) -> None:
     from rich.console import Console
     from rich.table import Table
 
-    from plots.report import fmt, fmt_est
+    from plots.report import _pct, fmt, fmt_est
 
     t = Table(title=f"final score: IQM over seeds [95% CI] ({num.opts.reps} bootstrap draws)"
               + ("  MIXED" if num.mixed else ""), title_justify="left")  # fmt: skip
-    for col in ("agent", "game", "runs", "final score", "normalised", "SPS", "reuse", "wall s", "FLOPs"):
+    for col in ("agent", "game", "runs", "final score", "normalised", "SPS", "reuse", "wall s", "FLOPs", "MFU"):
         t.add_column(col, justify="left" if col in ("agent", "game") else "right")
     for row in num.rows:
         ok = sum(r.status == "ok" for r in row.runs)
         runs = f"{ok}/{len(row.runs)}" if ok != len(row.runs) else str(ok)
         t.add_row(row.label, row.game, runs, fmt_est(row.final, row.scored), fmt_est(row.normalized, row.scored),
                   fmt(row.sps), fmt(row.reuse_ratio), fmt(row.wall_s),
-                  fmt(row.train_flops) if math.isfinite(row.train_flops) else "n/a")  # fmt: skip
+                  fmt(row.train_flops) if math.isfinite(row.train_flops) else "n/a",
+                  _pct(row.mfu.get("mfu", math.nan)))  # fmt: skip
     console = Console(width=max(Console().width, 140))
     console.print(t)
     for m in num.mixed:

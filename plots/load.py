@@ -196,6 +196,13 @@ class Run:
         return float(fa) * self.total("env_steps") + float(fg) * self.total("grad_samples")
 
     @property
+    def mfu(self) -> dict[str, float]:
+        """Model FLOP utilisation overall and of the learn phase, from compute.json (NaN for runs
+        made before the meter recorded it; bench.peak says what it counts)."""
+        return {k: float(self.compute[k]) if isinstance(self.compute.get(k), (int, float)) else math.nan
+                for k in ("mfu", "mfu_learn")}  # fmt: skip
+
+    @property
     def phase_s(self) -> dict[str, float]:
         ph = self.compute.get("phase_s") or {}
         return {p: float(ph[p]) if ph.get(p) is not None else math.nan for p in PHASES}

@@ -84,6 +84,7 @@ class GroupRow:
     train_flops: float
     horizon: float | None
     phase_s: dict[str, float]
+    mfu: dict[str, float] = field(default_factory=dict)  # "mfu", "mfu_learn": means over runs
 
 
 @dataclass
@@ -272,6 +273,7 @@ def compute(runs: list[Run], skipped: list[tuple[Path, str]], opts: Options) -> 
                 train_flops=_mean([r.train_flops for r in rs]),
                 horizon=horizons.pop() if len(horizons) == 1 else None,
                 phase_s={p: _mean([r.phase_s[p] for r in rs]) for p in ("env", "act", "learn", "eval")},
+                mfu={k: _mean([r.mfu[k] for r in rs]) for k in ("mfu", "mfu_learn")},
             ))  # fmt: skip
             configs = {json.dumps(r.agent_config, sort_keys=True) for r in rs}
             if len(configs) > 1:
@@ -332,6 +334,10 @@ def compute(runs: list[Run], skipped: list[tuple[Path, str]], opts: Options) -> 
                    curves=curves, curve_runs=curve_runs, curve_missing=curve_missing, curve_log=curve_log,
                    agg_curves=agg_curves, agg_log=agg_log,
                    sweeps=sweeps, sweep_skipped=sweep_skipped)  # fmt: skip
+
+
+def _pct(x: float) -> str:
+    return f"{100 * x:.1f}%" if math.isfinite(x) else "n/a"
 
 
 def _nan_est() -> Estimate:
@@ -733,13 +739,17 @@ def summary_md(num: Numbers, out: Path) -> str:
         ph = row.phase_s
         body.append([row.label, row.game, fmt(row.env_steps), fmt(row.frames), fmt(row.wall_s), fmt(row.sps),
                      fmt(row.grad_samples), fmt(row.reuse_ratio), fmt(row.train_flops),
+                     " / ".join(_pct(row.mfu.get(k, math.nan)) for k in ("mfu", "mfu_learn")),
                      " / ".join(fmt(ph[p]) for p in ("env", "act", "learn", "eval")),
                      "n/a" if row.horizon is None else fmt(row.horizon)])  # fmt: skip
     L += _md_table(["agent", "game", "env steps", "frames", "wall clock s", "SPS", "grad samples", "reuse ratio",
-                    "train FLOPs", "s env / act / learn / eval", "bootstrap horizon"], body)  # fmt: skip
+                    "train FLOPs", "MFU run / learn", "s env / act / learn / eval", "bootstrap horizon"], body)  # fmt: skip
     L += [("Means over runs. Wall clock is training time (evaluation excluded); SPS = env steps / wall clock; "
            "reuse ratio = gradient samples / env steps; FLOPs are the meter's per-sample estimates times the "
-           "samples taken."), ""]  # fmt: skip
+           "samples taken. MFU (model FLOP utilisation) = those FLOPs per second over the machine's calibrated "
+           "float32 matmul peak (bench/peak.py), for the whole run and for its learn phase; it counts only "
+           "matmuls and convolutions, so a small network bound by per-op overhead shows a low MFU (n/a: run "
+           "made before MFU was recorded)."), ""]  # fmt: skip
 
     L += ["## Protocol and hardware", ""]
     body = []
@@ -856,7 +866,8 @@ def summary_json(num: Numbers, out: Path) -> dict:
     rows = [{"label": x.label, "game": x.game, "runs": len(x.runs), "scored_runs": x.scored, "score_source": x.source,
              "final_score_iqm": x.final, "normalized_iqm": x.normalized, "sps": x.sps, "reuse_ratio": x.reuse_ratio,
              "wall_s": x.wall_s, "env_steps": x.env_steps, "frames": x.frames, "grad_samples": x.grad_samples,
-             "train_flops": x.train_flops, "bootstrap_horizon": x.horizon, "phase_s": x.phase_s,
+             "train_flops": x.train_flops, "mfu": x.mfu.get("mfu"), "mfu_learn": x.mfu.get("mfu_learn"),
+             "bootstrap_horizon": x.horizon, "phase_s": x.phase_s,
              "statuses": _status_counts(x.runs)} for x in num.rows]  # fmt: skip
     doc = {
         "schema": 1,
