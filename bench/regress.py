@@ -427,7 +427,11 @@ def run_suite(entries: list[SuiteEntry], overrides: dict[str, dict[str, Any]], o
               sleep_s: float, progress: bool = True) -> dict:  # fmt: skip
     """Train every entry's seeds into ``out``, each run bracketed by a calibration before and after."""
     from bench.harness import train
+    from bench.peak import matmul_peak
 
+    # The runs' MFU denominator is measured on a machine's first run (about a second of full-load
+    # matmuls): do it here, before the first calibration, so it never sits between a run's two.
+    matmul_peak(threads)
     results: dict[str, list[dict]] = {}
     for e in entries:
         for seed in e.seeds:

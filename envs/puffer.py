@@ -52,7 +52,8 @@ def _ocean():
 
 # Paths are under pufferlib/ocean/ of the 3.0 build. PufferLib's vector code never passes
 # truncations to the C envs (env_binding.h: the line is commented out) and no game writes them, so
-# a time limit either counts as a terminal (fine: accepted games) or resets the game silently.
+# a time limit either counts as a terminal (accepted games: pacman and tetris at 10,000 steps/ticks, where
+# the learner then does not bootstrap, a small bias at the cap) or resets the game silently (refused).
 REFUSED: dict[str, str] = {
     "puffer_enduro": "episodes never end: a failed day sets the terminal flag and reset_round() clears it in "
                      "the same step (enduro.h), so no return can be counted",
