@@ -49,16 +49,32 @@ def random_score(game: str, episodes: int, num_envs: int, seed: int, max_steps: 
     return float(r.mean()) if len(r) else math.nan, se, len(r), steps
 
 
+def _fail(msg: str):
+    print(f"random_scores.py: error: {msg}", file=sys.stderr)
+    raise SystemExit(2)
+
+
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--game", action="append", default=[])
-    p.add_argument("--suite", default=None)
-    p.add_argument("--episodes", type=int, default=1000)
-    p.add_argument("--num-envs", type=int, default=8)
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--max-steps", type=int, default=20_000_000, help="give up after this many env steps per game")
+    p.add_argument("--game", action="append", default=[], help="a game (repeatable)")
+    p.add_argument("--suite", default=None, help="every game of a named suite")
+    p.add_argument("--episodes", type=int, default=1000, help="finished episodes to average, >= 1")
+    p.add_argument("--num-envs", type=int, default=8, help="parallel envs, >= 1")
+    p.add_argument("--seed", type=int, default=0, help="env and action seed")
+    p.add_argument("--max-steps", type=int, default=20_000_000, help="give up after this many env steps per game, >= 1")
+    p.error = _fail  # one line, exit 2 (no usage dump), as the bench commands
     a = p.parse_args()
-    games = list(a.game) + (list(suites.get(a.suite).games) if a.suite else [])
+    for flag, v in (("--episodes", a.episodes), ("--num-envs", a.num_envs), ("--max-steps", a.max_steps)):
+        if v < 1:
+            p.error(f"{flag} {v} must be >= 1")
+    try:
+        games = list(a.game) + (list(suites.get(a.suite).games) if a.suite else [])
+        for g in games:
+            envs.check_game(g)
+    except (suites.UnknownSuite, envs.UnknownGame) as e:
+        p.error(str(e))
+    if not games:
+        p.error("give --game GAME or --suite NAME")
     torch.set_num_threads(1)
     print(f"uniform-random policy, first {a.episodes} finished episodes, {a.num_envs} envs, seed {a.seed}")
     for g in games:
