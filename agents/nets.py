@@ -93,6 +93,17 @@ class _Residual(nn.Module):
         return x + self.c1(torch.relu(self.c0(torch.relu(x))))
 
 
+def _impala_stages(c: int, stages: list[tuple[int, bool]], spectral_norm: bool) -> list[nn.Module]:
+    """IMPALA stages (Espeholt et al. 2018): per (channels, halve) a 3x3 conv, a stride-2 3x3
+    max-pool when ``halve``, then two residual blocks."""
+    out: list[nn.Module] = []
+    for ch, halve in stages:
+        out += [nn.Conv2d(c, ch, 3, padding=1), *([nn.MaxPool2d(3, stride=2, padding=1)] if halve else []),
+                _Residual(ch, spectral_norm), _Residual(ch, spectral_norm)]  # fmt: skip
+        c = ch
+    return out
+
+
 class ImpalaCNN(nn.Module):
     """IMPALA ResNet torso. ``width`` scales the (16, 32, 32) channels (BTR uses 2);
     ``pool`` adaptive-max-pools the last feature map to pool x pool (BTR: 6), 0 disables it;
@@ -107,16 +118,8 @@ class ImpalaCNN(nn.Module):
         hidden: int = 256,
     ):
         super().__init__()
-        c = obs_shape[0]
-        stages: list[nn.Module] = []
-        for ch in (16 * width, 32 * width, 32 * width):
-            stages += [
-                nn.Conv2d(c, ch, 3, padding=1),
-                nn.MaxPool2d(3, stride=2, padding=1),
-                _Residual(ch, spectral_norm),
-                _Residual(ch, spectral_norm),
-            ]
-            c = ch
+        stages = _impala_stages(obs_shape[0], [(16 * width, True), (32 * width, True), (32 * width, True)],
+                                spectral_norm)  # fmt: skip
         if pool:
             stages.append(nn.AdaptiveMaxPool2d((pool, pool)))
         self.conv = nn.Sequential(*stages, nn.ReLU(), nn.Flatten())
@@ -183,15 +186,8 @@ class SmallImpalaCNN(nn.Module):
         if pool and pool >= min(side):
             raise ValueError(f"Impala max-pool to {pool}x{pool} does not shrink the {side[0]}x{side[1]} feature "
                              f"map of a {h}x{w} image: use a pool size below {min(side)}, or no max-pool")  # fmt: skip
-        stages: list[nn.Module] = [
-            nn.Conv2d(c, c1, 3, padding=1),  # [B, c1, H, W]
-            _Residual(c1, spectral_norm),  # [B, c1, H, W]
-            _Residual(c1, spectral_norm),  # [B, c1, H, W]
-            nn.Conv2d(c1, c2, 3, padding=1),  # [B, c2, H, W]
-            nn.MaxPool2d(3, stride=2, padding=1),  # [B, c2, H/2, W/2] (rounded up)
-            _Residual(c2, spectral_norm),  # [B, c2, H/2, W/2]
-            _Residual(c2, spectral_norm),  # [B, c2, H/2, W/2]
-        ]
+        # [B, c, H, W] -> [B, c1, H, W] (no halving) -> [B, c2, H/2, W/2] (rounded up)
+        stages = _impala_stages(c, [(c1, False), (c2, True)], spectral_norm)
         if pool:
             stages.append(nn.AdaptiveMaxPool2d((pool, pool)))  # [B, c2, pool, pool]
         self.conv = nn.Sequential(*stages, nn.ReLU(), nn.Flatten())  # [B, c2 * s * s]
