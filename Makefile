@@ -14,7 +14,7 @@ $(STAMP): pyproject.toml scripts/install_pufferlib.py
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	# torch first, pinned: the CPU build installs offline; a looser spec pulls CUDA wheels.
 	$(PY) -m pip install -q torch==2.13.0
-	$(PY) -m pip install -q -e '.[test,build,ray]'
+	$(PY) -m pip install -q -e '.[test,build,ray,video,wandb]'
 	$(PY) scripts/install_pufferlib.py
 	@touch $(STAMP)
 

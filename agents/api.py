@@ -49,6 +49,14 @@ import torch
 from envs.base import EnvSpec, EnvStep
 
 
+# Every learning agent's ``precision`` field; the harness applies it (bench.precision: autocast to
+# bfloat16 around act/observe/update, float32 weights and optimizer state; refused without native
+# bf16 hardware).
+PRECISIONS = ("fp32", "bf16")
+PRECISION_HELP = ("matmul precision: fp32, or bf16 (autocast in act and update; float32 weights and optimizer "
+                  "state; needs AVX512-BF16/AMX or a bf16 GPU)")  # fmt: skip
+
+
 @dataclass(frozen=True)
 class AgentContext:
     """What the harness tells an agent at construction."""
@@ -61,6 +69,7 @@ class AgentContext:
     # of env_steps / steps budget and train wall_s / time budget), read at call time; valid from
     # the first act. None where no harness runs (a context built by hand in a test).
     progress: Callable[[], float] | None = None
+    time_budget_s: float | None = None  # training wall-clock budget; None if step-only (or no harness)
 
     def budget_used(self, env_steps: int) -> float:
         """Fraction of the run's budget spent, in [0, 1], for schedules that anneal over the run.
@@ -132,31 +141,130 @@ def range_text(meta: dict) -> str:
     return ""
 
 
+def value_problem(meta: Any, v: Any) -> str | None:
+    """Why ``v`` is outside the range declared in a field's ``opt(...)`` metadata ``meta``; None
+    when it is inside (or the field declares none)."""
+    import math
+
+    if v is None or isinstance(v, bool) or not meta:
+        return None
+    m = meta
+    if m.get("choices") is not None:
+        return None if v in m["choices"] else f"{v!r} is not {range_text(m)}"
+    if not isinstance(v, (int, float)):
+        return None
+    if isinstance(v, float) and m.get("finite", True) and not math.isfinite(v):
+        return f"{v!r} must be finite"
+    bad = (
+        (m.get("ge") is not None and not v >= m["ge"])
+        or (m.get("gt") is not None and not v > m["gt"])
+        or (m.get("le") is not None and not v <= m["le"])
+        or (m.get("lt") is not None and not v < m["lt"])
+    )
+    return f"{v!r} must be {range_text(m)}" if bad else None
+
+
 def check_ranges(cfg: Any) -> list[tuple[str, str]]:
     """[(field name, problem)] for every field of the dataclass ``cfg`` outside its declared range."""
     import dataclasses
-    import math
 
     problems = []
     for f in dataclasses.fields(cfg):
-        v, m = getattr(cfg, f.name), f.metadata
-        if v is None or isinstance(v, bool) or not m:
-            continue
-        if m.get("choices") is not None:
-            if v not in m["choices"]:
-                problems.append((f.name, f"{v!r} is not {range_text(m)}"))
-            continue
-        if not isinstance(v, (int, float)):
-            continue
-        if isinstance(v, float) and m.get("finite", True) and not math.isfinite(v):
-            problems.append((f.name, f"{v!r} must be finite"))
-            continue
-        bad = (
-            (m.get("ge") is not None and not v >= m["ge"])
-            or (m.get("gt") is not None and not v > m["gt"])
-            or (m.get("le") is not None and not v <= m["le"])
-            or (m.get("lt") is not None and not v < m["lt"])
-        )
-        if bad:
-            problems.append((f.name, f"{v!r} must be {range_text(m)}"))
+        problem = value_problem(f.metadata, getattr(cfg, f.name))
+        if problem:
+            problems.append((f.name, problem))
     return problems
+
+
+@dataclass(frozen=True)
+class Param:
+    """One tuned option of an agent's search space (``SEARCH_SPACE`` next to its ``Config``, read
+    by ``bench tune``): ``name`` is a ``Config`` field; a number range [``low``, ``high``] drawn
+    on a log scale when ``log`` (``kind`` "float" or "int"), or one of ``choices`` (``kind``
+    "choice", implied by giving choices). :func:`check_search_space` checks it against the Config."""
+
+    name: str
+    low: float | None = None
+    high: float | None = None
+    log: bool = False
+    kind: str = "float"  # "float" | "int" | "choice"
+    choices: tuple[Any, ...] = ()
+
+    def __post_init__(self) -> None:
+        if self.choices and self.kind == "float":
+            object.__setattr__(self, "kind", "choice")
+
+
+def _is_type(v: Any, tp: type) -> bool:
+    """``v`` can be a value of a field typed ``tp`` (a bool is not a number; an int is a float)."""
+    if tp is bool:
+        return isinstance(v, bool)
+    if isinstance(v, bool):
+        return False
+    if tp is float:
+        return isinstance(v, (int, float))
+    return isinstance(v, tp)
+
+
+def check_search_space(cls: type, space: Any) -> list[str]:
+    """Problems (empty: none) of a search space ``space`` (a tuple of :class:`Param`) for the
+    config dataclass ``cls``: unknown or repeated names, kinds, empty or reversed ranges, log
+    scales reaching 0, values of the wrong type for the field or outside its declared range."""
+    import dataclasses
+    import math
+    import typing
+
+    if not isinstance(space, (tuple, list)) or not space:
+        return ["the search space must be a non-empty tuple of Param"]
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    hints = typing.get_type_hints(cls)
+    out: list[str] = []
+    seen: set[str] = set()
+    for p in space:
+        if not isinstance(p, Param):
+            out.append(f"{p!r} is not a Param")
+            continue
+        if p.name not in fields:
+            out.append(f"{p.name}: not an option of {cls.__module__}.{cls.__name__}")
+            continue
+        if p.name in seen:
+            out.append(f"{p.name}: given twice")
+        seen.add(p.name)
+        tp = hints[p.name]
+        if typing.get_origin(tp) is not None:  # Optional: the non-None type
+            tp = next(a for a in typing.get_args(tp) if a is not type(None))
+        if p.kind not in ("float", "int", "choice"):
+            out.append(f"{p.name}: kind {p.kind!r} is not float, int or choice")
+            continue
+        if p.kind == "choice":
+            if not p.choices or len(set(p.choices)) != len(p.choices):
+                out.append(f"{p.name}: choices must be distinct values, at least one")
+                continue
+            values = list(p.choices)
+        else:
+            numeric = (int,) if p.kind == "int" else (int, float)
+            if not all(isinstance(v, numeric) and not isinstance(v, bool) for v in (p.low, p.high)):
+                out.append(f"{p.name}: {p.kind} range needs numeric low and high, got {p.low!r}, {p.high!r}")
+                continue
+            if not (math.isfinite(p.low) and math.isfinite(p.high) and p.low < p.high):
+                out.append(f"{p.name}: range [{p.low}, {p.high}] must be finite with low < high")
+                continue
+            if p.log and p.low <= 0:
+                out.append(f"{p.name}: a log-scale range must have low > 0, got {p.low}")
+                continue
+            if p.kind == "float" and tp is not float:
+                out.append(f"{p.name}: float range for a {getattr(tp, '__name__', tp)} option")
+                continue
+            if p.kind == "int" and tp is not int:
+                out.append(f"{p.name}: int range for a {getattr(tp, '__name__', tp)} option")
+                continue
+            values = [p.low, p.high]
+        for v in values:
+            if not _is_type(v, tp):
+                out.append(f"{p.name}: {v!r} is not a {getattr(tp, '__name__', tp)}")
+                break
+            problem = value_problem(fields[p.name].metadata, v)
+            if problem:
+                out.append(f"{p.name}: {problem} (the option's declared range)")
+                break
+    return out

@@ -119,8 +119,8 @@ PRESETS: ``ale`` is the paper; ``puffer`` and ``gym`` are tuned for fast CPU lea
 reasoning next to them; ``minatar`` is BTR's scheme on the small Impala torso, with MinAtar's
 discount and replay size.
 
-Speed: as :mod:`agents.rainbow` (flat parameters and noise, ``--compile`` for the replay draw,
-loss, priority update and acting forward).
+Speed: as :mod:`agents.rainbow` (flat parameters and noise; ``--compile``, ``auto`` by default,
+makes each gradient step one compiled graph, :mod:`agents.fused`).
 """
 
 from __future__ import annotations
@@ -134,9 +134,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from agents.api import AgentContext, opt
+from agents.api import PRECISION_HELP, PRECISIONS, AgentContext, Param, opt
+from agents.fused import FusedStep, resolve_compile
 from agents.heads import QHead, bind_noise, categorical_projection, reset_noise
-from agents.nets import MLP, ConvTorso, clip_grad_norm, encoder_kind, flatten_parameters, make_encoder
+from agents.nets import MLP, ConvTorso, encoder_kind, flatten_parameters, make_encoder
 from agents.replay import Batch, Replay
 from envs.base import EnvSpec, EnvStep
 
@@ -213,7 +214,10 @@ class Config:
     mlp_layers: int = opt(2, "MLP torso depth", ge=0)
     head_hidden: int = opt(512, "hidden units in each value/advantage stream; 0 = one layer", ge=0)
     # Speed
-    compile: bool = opt(False, "torch.compile the replay draw, loss, priority update and acting forward")
+    compile: str = opt("auto", "torch.compile each gradient step into one graph (agents.fused) and the "
+                       "acting forward: on, off, or auto (on for runs of >= 2M env steps or >= 5 min)",
+                       choices=("auto", "on", "off"))  # fmt: skip
+    precision: str = opt("fp32", PRECISION_HELP, choices=PRECISIONS)
 
     def __post_init__(self):
         if self.n_step < 1:
@@ -231,6 +235,24 @@ class Config:
                 f"{self.learning_starts - self.buffer_size} transitions would be overwritten before "
                 "learning starts"
             )
+
+
+# What `bench tune` searches (agents.api.Param): the knobs the equal-compute comparison turns on,
+# with ranges wide enough to hold every preset below and the paper's values.
+SEARCH_SPACE: tuple[Param, ...] = (
+    # 3e-5 (below the paper's 1e-4) to 3e-3 (3x the gym preset's 1e-3), log.
+    Param("lr", 3e-5, 3e-3, log=True),
+    # the reuse knob: 1 to 16 gradient samples per env step (the paper and every preset: 4), log.
+    Param("replay_ratio", 1.0, 16.0, log=True),
+    # the horizon knob: 1-step to 10 (the paper: 3).
+    Param("n_step", 1, 10, kind="int"),
+    # target copies every 30 (gym preset) to 4000 (8x the paper's 500) updates, log.
+    Param("target_update", 30, 4000, log=True, kind="int"),
+    # epsilon schedule: geometric time constant 10K env steps to the paper's 2M, log.
+    Param("eps_decay_steps", 10_000, 2_000_000, log=True, kind="int"),
+    # network width of the MLP torso (vector observations): the presets' 128 and the default 512.
+    Param("hidden", choices=(64, 128, 256, 512)),
+)
 
 
 PRESETS: dict[str, dict[str, Any]] = {
@@ -351,7 +373,8 @@ class QNetwork(nn.Module):
 
     def forward(self, obs: torch.Tensor, taus: torch.Tensor | None = None) -> torch.Tensor:
         x = self.torso(obs)  # [B, D]
-        return self.head(x) if taus is None else self.head(x, taus)  # [B, A, K] or [B, T, A]
+        out = self.head(x) if taus is None else self.head(x, taus)  # [B, A, K] or [B, T, A]
+        return out.float()  # float32 under --precision bf16 (bench.precision)
 
 
 def q_values(out: torch.Tensor, support: torch.Tensor | None) -> torch.Tensor:
@@ -507,10 +530,14 @@ class Agent:
         self.grad_steps = 0
         self.credit = 0.0
         self._action: torch.Tensor | None = None
-        compiled = torch.compile if cfg.compile else (lambda fn: fn)
-        self._greedy = compiled(self._greedy_eager)
-        self._sample_loss = compiled(self._sample_loss_eager)
-        self._update_priorities = compiled(self.replay.update_priorities)
+        # The fused, compiled step (agents.fused) where compiling pays back; the eager step below
+        # is the reference it is tested against, and what the meter's FLOP count runs.
+        self.compiled = resolve_compile(cfg.compile, ctx.total_env_steps, ctx.time_budget_s)
+        self._greedy = torch.compile(self._greedy_eager) if self.compiled else self._greedy_eager
+        self._step = FusedStep(
+            self.online, self.flat, self.opt, self._sample_loss_eager, self.replay.update_priorities,
+            [self._noise_online, self._noise_target], cfg.max_grad_norm, compile=self.compiled,
+        )  # fmt: skip
 
     # --- schedules (functions of env steps) ---------------------------------------------------
     def epsilon(self) -> float:
@@ -630,16 +657,8 @@ class Agent:
 
     def _learn_step(self, beta: float) -> tuple[torch.Tensor, torch.Tensor]:
         cfg = self.cfg
-        reset_noise(self._noise_online)  # one noise sample per net per update (Fortunato et al. 2018)
-        reset_noise(self._noise_target)
         beta_t = torch.tensor(beta, dtype=torch.float64, device=self.device)
-        loss, priority, diag, idx = self._sample_loss(beta_t)
-        self.flat.grad.zero_()
-        loss.backward()
-        if cfg.max_grad_norm > 0:
-            clip_grad_norm(self.flat.grad, cfg.max_grad_norm)
-        self.opt.step()
-        self._update_priorities(idx, priority)
+        loss, diag = self._step(beta_t)  # noise, draw, loss, gradient, clip, Adam, priorities
         self.grad_steps += 1
         if self.grad_steps % cfg.target_update == 0:
             self.target.load_state_dict(self.online.state_dict())

@@ -30,7 +30,20 @@ PPO", ICLR blog track, which CleanRL's ``ppo_atari.py`` follows):
 * reward clipping in the learner, ``clamp(r, -c, c)``: on Atari's integer rewards c = 1 equals
   CleanRL's ``sign(r)``; it is also PufferLib's ``clamp(r, -1, 1)``;
 * optional LSTM core (CleanRL ``ppo_atari_lstm.py``): state zeroed where an episode ended, the
-  state at each segment's start stored, back-propagation through the whole segment;
+  state at each segment's start stored, back-propagation through the whole segment. Acting steps
+  the cell; ``lstm_unroll`` sets how the state treats episode ends and how training unrolls it.
+  ``exact`` (the default) zeroes the state where an episode ended, in acting and in a training
+  pass that steps the cell with the same resets (tested to reproduce acting). ``fused`` is
+  PufferLib 3.0's way: the state is never reset at an episode end (its ``LSTMWrapper.forward_eval``
+  ignores ``done``), so a new episode starts with the old one's memory, and training makes one
+  ``nn.LSTM`` call per minibatch of segments (cuDNN on CUDA, oneDNN on CPU; ``LSTMWrapper.forward``)
+  on the cell's own weights from the stored segment-start state. Training then reproduces acting
+  exactly in both modes (tested); what ``fused`` changes is the policy: memory crosses episode
+  boundaries. Where no episode ends inside a segment the two modes compute the same updates
+  (tested). A resumed run's envs restart with a zero state in both (the fused pass does not see
+  that one reset). The meter counts the fused CPU kernel (``aten.mkldnn_rnn_layer``) with the
+  cell's matmul FLOPs (:mod:`bench.meter`); CUDA's ``aten._cudnn_rnn`` has no formula yet, so
+  on a GPU the fused mode's FLOPs and MFU leave out the LSTM;
 * optional observation normalisation by running mean / variance, clipped to [-10, 10] (detail 4
   of the continuous-action list; SB3's ``VecNormalize``), updated from each rollout after the
   update so a rollout is acted and trained with one normaliser;
@@ -120,7 +133,15 @@ Deviations from PufferLib 3.0's tuned ``puffer_breakout`` (``config/ocean/breako
   settled on "always run to one wall" (score ~6, the ball launches towards a bottom corner);
   the preset learns to track the ball instead (score ~20 at 2.6M env steps, ~460 after 40M);
 * advantages are computed once per update rather than before every minibatch, and the last step
-  of a segment bootstraps from V(s_T) (PufferLib gives it zero advantage).
+  of a segment bootstraps from V(s_T) (PufferLib gives it zero advantage);
+* its LSTM, where we add one: PufferLib acts with an ``nn.LSTMCell`` on its ``nn.LSTM``'s weights
+  (``LSTMWrapper.forward_eval``), never resetting at episode ends (the wrapper ignores ``done``),
+  and zeroes the state at every rollout's start (``PuffeRL.evaluate``); it trains each segment
+  from a zero state (``PuffeRL.train`` passes ``lstm_h=None``) with one ``nn.LSTM`` call, so its
+  training pass reproduces its acting and no memory crosses a segment boundary. ``lstm_unroll
+  fused`` follows it but carries the state across segments and rollouts (training starts from the
+  stored segment-start state, so it still reproduces acting); ``exact`` resets at episode ends. Its LSTM keeps PyTorch's uniform init (LSTMWrapper's
+  orthogonal init loop runs before the ``nn.LSTM`` is made); ours is CleanRL's orthogonal one.
 
 Remaining deviations from the references, each with its source:
 
@@ -156,7 +177,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from agents.api import AgentContext, opt
+from agents.api import PRECISION_HELP, PRECISIONS, AgentContext, Param, opt
 from agents.nets import ENCODERS, RunningNorm, encoder_kind, layer_init, make_encoder
 from agents.returns import gae, vtrace
 from envs.base import EnvSpec, EnvStep
@@ -194,6 +215,13 @@ class Config:
     hidden: int = opt(512, "encoder output width (NatureCNN's 512 FC; MinAtar's 128; MLP hidden width)", ge=1)
     mlp_layers: int = opt(2, "hidden layers of the MLP encoder", ge=0)
     lstm_hidden: int = opt(0, "LSTM core width between encoder and heads; 0 = feed-forward", ge=0)
+    lstm_unroll: str = opt(
+        "exact",
+        "LSTM state and training pass: exact: zero the state where an episode ended, step the cell "
+        "in training | fused: never reset at episode ends, one nn.LSTM call per segment batch in "
+        "training (PufferLib 3.0 models.py LSTMWrapper)",
+        choices=("exact", "fused"),
+    )
     greedy_eval: bool = opt(False, "evaluate with argmax actions instead of sampling the policy")
     kl_coef: float = opt(0.0, "coefficient of an explicit KL(old || new) penalty; 0 = off", ge=0)
     munchausen_alpha: float = opt(0.0, "Munchausen bonus scale alpha (paper: 0.9); 0 = off", ge=0)
@@ -232,6 +260,7 @@ class Config:
         "loss weight of a stale sample relative to a fresh one (replay_factor > 1); 0 leaves the K = 1 update",
         ge=0,
     )
+    precision: str = opt("fp32", PRECISION_HELP, choices=PRECISIONS)
 
     def __post_init__(self) -> None:
         # Single-field ranges are declared above and checked by bench.config before this runs.
@@ -251,6 +280,24 @@ class Config:
     def segments(self) -> bool:
         """Minibatches are whole env segments (LSTM needs sequences; priorities are per segment)."""
         return self.lstm_hidden > 0 or self.prio_alpha > 0
+
+
+# What `bench tune` searches (agents.api.Param): the knobs the equal-compute comparison turns on,
+# with ranges wide enough to hold every preset below and the literature's values.
+SEARCH_SPACE: tuple[Param, ...] = (
+    # 1e-4 (below CleanRL Atari's 2.5e-4) to 3e-2 (above the puffer preset's 1e-2): two decades, log.
+    Param("lr", 1e-4, 3e-2, log=True),
+    # the reuse knob: 1 (PufferLib) to 10 (rl-zoo CartPole); more epochs trade env steps for grad samples.
+    Param("epochs", 1, 10, kind="int"),
+    # the horizon knob: 16 to 256 env steps per env per rollout (presets: 64, 128), log: halvings matter.
+    Param("segment_length", 16, 256, log=True, kind="int"),
+    # entropy bonus: 0 (rl-zoo CartPole) to 0.05 (5x CleanRL's 0.01); linear, so 0 is reachable.
+    Param("ent_coef", 0.0, 0.05),
+    # GAE lambda: 0.8 (rl-zoo CartPole) to 0.99; PufferLib's 0.75 is just below, CleanRL's 0.95 inside.
+    Param("gae_lambda", 0.8, 0.99),
+    # network width: the presets' 64 / 128 and NatureCNN's 512, as powers of two.
+    Param("hidden", choices=(64, 128, 256, 512)),
+)
 
 
 PRESETS: dict[str, dict[str, Any]] = {
@@ -335,9 +382,14 @@ PRESETS: dict[str, dict[str, Any]] = {
 def inactive_options(cfg: Config, spec: EnvSpec) -> list[str]:
     """The options that change nothing with ``cfg`` on ``spec``'s observations (the harness warns
     and records them): the MLP's depth under a conv encoder (``hidden`` is the width of every
-    encoder's output layer). ValueError where the encoder cannot take the observations (e.g.
-    ``--encoder nature`` on vectors)."""
-    return [] if encoder_kind(cfg.encoder, spec.obs_shape) == "mlp" else ["mlp_layers"]
+    encoder's output layer), and ``lstm_unroll`` set to ``fused`` without an LSTM. The latter only
+    when moved off its default: ``exact`` is what a feed-forward net does anyway, and listing it
+    would put a note on every feed-forward run in ``plots.report``. ValueError where the encoder
+    cannot take the observations (e.g. ``--encoder nature`` on vectors)."""
+    out = [] if encoder_kind(cfg.encoder, spec.obs_shape) == "mlp" else ["mlp_layers"]
+    if cfg.lstm_hidden == 0 and cfg.lstm_unroll != "exact":
+        out.append("lstm_unroll")
+    return out
 
 
 # ---------------------------------------------------------------------------------------------
@@ -432,7 +484,8 @@ def prioritised_segments(
 
 class ActorCritic(nn.Module):
     """(Optional observation normalisation) -> encoder -> (optional LSTM) -> policy logits and
-    value, one torso for both heads."""
+    value, one torso for both heads. With ``lstm_unroll fused`` an ``nn.LSTM`` shares the cell's
+    weights for the training pass (``unroll``)."""
 
     def __init__(self, obs_shape: tuple[int, ...], num_actions: int, cfg: Config):
         super().__init__()
@@ -441,7 +494,8 @@ class ActorCritic(nn.Module):
         kw = {"layers": cfg.mlp_layers} if kind == "mlp" else {}
         self.encoder = make_encoder(kind, obs_shape, cfg.hidden, **kw)
         feat = self.encoder.out_dim
-        self.lstm: nn.LSTMCell | None = None
+        self.lstm: nn.LSTMCell | None = None  # acting, and training with lstm_unroll exact
+        self.lstm_seq: nn.LSTM | None = None  # training with lstm_unroll fused
         if cfg.lstm_hidden:
             self.lstm = nn.LSTMCell(feat, cfg.lstm_hidden)
             for name, p in self.lstm.named_parameters():  # CleanRL ppo_atari_lstm.py init
@@ -449,6 +503,16 @@ class ActorCritic(nn.Module):
                     nn.init.orthogonal_(p, 1.0)
                 else:
                     nn.init.constant_(p, 0.0)
+            if cfg.lstm_unroll == "fused":
+                # PufferLib 3.0 LSTMWrapper's sharing, the other way round: nn.LSTM runs on the
+                # cell's own parameters, so there is one set of weights, the optimiser sees it once,
+                # and the cell's state_dict keys stay (the aliases add lstm_seq.* keys). Its own
+                # are made on the meta device, as drawing them would shift the heads' random init
+                # away from the exact mode's. On CUDA its .to() calls flatten_parameters, which
+                # moves the shared ones into one cuDNN weight buffer in place (as PufferLib's).
+                self.lstm_seq = nn.LSTM(feat, cfg.lstm_hidden, device="meta")
+                for name in ("weight_ih", "weight_hh", "bias_ih", "bias_hh"):
+                    setattr(self.lstm_seq, f"{name}_l0", getattr(self.lstm, name))
             feat = cfg.lstm_hidden
         self.actor = layer_init(nn.Linear(feat, num_actions), gain=0.01)  # near-uniform initial policy
         self.critic = layer_init(nn.Linear(feat, 1), gain=1.0)
@@ -459,7 +523,8 @@ class ActorCritic(nn.Module):
         if self.lstm is not None:
             state = self.lstm(x, state)
             x = state[0]  # [N, H]
-        return self.actor(x), self.critic(x).squeeze(-1), state
+        # float32 out: losses stay float32 under --precision bf16 (bench.precision)
+        return self.actor(x).float(), self.critic(x).squeeze(-1).float(), state
 
     def unroll(
         self,
@@ -468,24 +533,32 @@ class ActorCritic(nn.Module):
         starts: torch.Tensor,
         every_state: bool = False,
     ):
-        """``obs [L, B, *]`` from ``state``, zeroing the LSTM state where ``starts [L, B]`` (a new
-        episode begins): logits [L, B, A], values [L, B], final state; with ``every_state`` the
-        state after every step instead, ``([L, B, H], [L, B, H])`` (None without an LSTM)."""
+        """``obs [L, B, *]`` from ``state``: logits [L, B, A], values [L, B], final state; with
+        ``every_state`` the state after every step instead, ``([L, B, H], [L, B, H])`` (None
+        without an LSTM). ``lstm_unroll`` exact zeroes the LSTM state where ``starts [L, B]`` (a new
+        episode begins); fused ignores ``starts`` and makes one nn.LSTM call, or, for
+        ``every_state`` (nn.LSTM returns only the last cell state), steps the cell without resets."""
         L, B = obs.shape[:2]
         obs = obs.flatten(0, 1)  # [L*B, *]
         x = self.encoder(obs if self.norm is None else self.norm(obs))  # [L*B, F]
         if self.lstm is not None:
             x, (h, c) = x.view(L, B, -1), state
+            if self.lstm_seq is not None and not every_state:
+                x, (h, c) = self.lstm_seq(x, (h[None], c[None]))  # [L, B, H], [1, B, H] x 2
+                x = x.flatten(0, 1)  # [L*B, H]
+                return self.actor(x).view(L, B, -1).float(), self.critic(x).view(L, B).float(), (h[0], c[0])
             hs, cs = [], []
             for t in range(L):
-                keep = (~starts[t]).unsqueeze(-1).to(h.dtype)  # [B, 1]
-                h, c = self.lstm(x[t], (h * keep, c * keep))
+                if self.lstm_seq is None:  # exact: a new episode starts from a zero state
+                    keep = (~starts[t]).unsqueeze(-1).to(h.dtype)  # [B, 1]
+                    h, c = h * keep, c * keep
+                h, c = self.lstm(x[t], (h, c))
                 hs.append(h)
                 cs.append(c)
             x, state = torch.cat(hs), (h, c)  # [L*B, H]
             if every_state:
                 state = (x.view(L, B, -1), torch.stack(cs))  # [L, B, H] x 2
-        return self.actor(x).view(L, B, -1), self.critic(x).view(L, B), state
+        return self.actor(x).view(L, B, -1).float(), self.critic(x).view(L, B).float(), state
 
 
 # ---------------------------------------------------------------------------------------------
@@ -545,7 +618,9 @@ class Agent:
                 if self.eval_state is None or self.eval_state[0].shape[0] != obs.shape[0]:
                     zeros = torch.zeros(obs.shape[0], self.cfg.lstm_hidden, device=self.device)
                     self.eval_state = (zeros, zeros.clone())
-                if first is not None:  # a new episode starts from a zero LSTM state, as in training
+                # A new episode starts from a zero LSTM state, as in training; under lstm_unroll
+                # fused only a new evaluation does (its acting never resets at episode ends).
+                if first is not None and (self.net.lstm_seq is None or bool(first.all())):
                     keep = (~first.to(self.device)).float().unsqueeze(1)  # [N, 1]
                     self.eval_state = (self.eval_state[0] * keep, self.eval_state[1] * keep)
             logits, _, self.eval_state = self.net.step(obs, self.eval_state)
@@ -606,7 +681,7 @@ class Agent:
             self.trunc_entropy[t, cols.start + idx] = entropy(logits)
             if self.final_obs is not None:
                 self.final_obs[t, cols.start + idx] = step.final_obs[idx]
-        if self.state is not None:
+        if self.state is not None and self.net.lstm_seq is None:  # exact: zero state for a new episode
             keep = (~step.done).unsqueeze(-1).float()  # [N, 1]
             self.state = (self.state[0] * keep, self.state[1] * keep)
         self.t += 1

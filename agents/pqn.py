@@ -72,7 +72,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from agents.api import AgentContext, opt
+from agents.api import PRECISION_HELP, PRECISIONS, AgentContext, Param, opt
 from agents.nets import RunningNorm, encoder_kind, layer_init, make_encoder
 from agents.returns import q_lambda
 from envs.base import EnvStep
@@ -106,6 +106,7 @@ class Config:
                        choices=("auto", "mlp", "nature", "minatar"))  # fmt: skip
     hidden: int = opt(512, "encoder output width (NatureCNN's 512 FC; MinAtarCNN's FC; MLP width)", ge=1)
     mlp_layers: int = opt(2, "hidden layers of the MLP encoder", ge=1)
+    precision: str = opt("fp32", PRECISION_HELP, choices=PRECISIONS)
 
     def __post_init__(self) -> None:
         if self.minibatches > self.num_envs * self.segment_length:
@@ -113,6 +114,24 @@ class Config:
                 f"minibatches ({self.minibatches}) > transitions per rollout "
                 f"({self.num_envs} x {self.segment_length}): some minibatches would be empty"
             )
+
+
+# What `bench tune` searches (agents.api.Param): the knobs the equal-compute comparison turns on,
+# with ranges wide enough to hold every preset below and the references' values.
+SEARCH_SPACE: tuple[Param, ...] = (
+    # 1e-4 (below CleanRL Atari's 2.5e-4) to 3e-3 (3x the gym / puffer presets' 1e-3), log.
+    Param("lr", 1e-4, 3e-3, log=True),
+    # the reuse knob: 1 to 8 epochs (references: 2 in purejaxql Atari, 4 in CleanRL).
+    Param("epochs", 1, 8, kind="int"),
+    # the horizon knob: 16 to 256 env steps per env per rollout (presets: 64, 128), log.
+    Param("segment_length", 16, 256, log=True, kind="int"),
+    # Q(lambda): 0.5 to 0.99 around CleanRL's 0.65 and purejaxql CartPole's 0.95.
+    Param("q_lambda", 0.5, 0.99),
+    # epsilon schedule: decay over 5% to 50% of the budget (CleanRL Atari 10%, CleanRL CartPole 50%).
+    Param("eps_fraction", 0.05, 0.5),
+    # network width: the presets' 128 and NatureCNN's 512, as powers of two.
+    Param("hidden", choices=(64, 128, 256, 512)),
+)
 
 
 PRESETS: dict[str, dict[str, Any]] = {
@@ -201,7 +220,8 @@ class QNetwork(nn.Module):
         self.head = layer_init(nn.Linear(self.encoder.out_dim, num_actions))  # CleanRL: gain sqrt(2)
 
     def forward(self, obs: torch.Tensor) -> torch.Tensor:
-        return self.head(self.encoder(obs if self.norm is None else self.norm(obs)))  # [B, A]
+        # float32 out: losses and targets stay float32 under --precision bf16 (bench.precision)
+        return self.head(self.encoder(obs if self.norm is None else self.norm(obs))).float()  # [B, A]
 
 
 # ---------------------------------------------------------------------------------------------

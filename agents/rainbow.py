@@ -74,13 +74,15 @@ for the reported loss and one ``any()`` per vector step when truncations need fi
 The online net's parameters live in one flat tensor (:func:`agents.nets.flatten_parameters`) and
 each net's noise in another (:func:`agents.heads.bind_noise`), so Adam, the gradient clip, the
 zeroing and the noise draws are a few ops per update instead of a few per layer. What is left is
-the Python dispatch of ~200 small ops per update; ``--compile`` hands the replay draw, the loss
-(and its backward), the priority update and the acting forward to ``torch.compile``, which fuses
-them into a few C++ kernels: on the 2-core CPUs of our measurements that is 1.2-1.3x the env
-steps/s at the ``puffer`` preset (BTR: 1.5x), after 10-50 s of compiling at the start of a run
-(counted in its wall clock; cached on disk for the next run). It is off by default: same maths,
-but inductor's fused kernels and random streams differ from eager in the last bits, so runs with
-and without it are not bitwise comparable.
+the Python dispatch of ~200 small ops per update. ``--compile`` (``auto`` by default: on for runs
+of at least 2M env steps or 5 minutes, where ~20 s of compiling pays back) writes the whole
+gradient step (noise draws, replay draw, loss, gradient, clip, Adam, priority update) as one pure
+function and hands it to ``torch.compile`` as one graph (:mod:`agents.fused`), plus the acting
+forward: on the 2-core CPU of our measurement that is 1.6x the env steps/s at the ``puffer``
+preset (BTR: 1.4-1.7x; README, "Speed"). The eager step stays the reference: same maths, tested
+to give the same updates (``tests/test_rainbow.py::test_fused_compiled_step_matches_eager``), but
+inductor's fused kernels and random streams differ from eager in the last bits, so runs with and
+without it are not bitwise comparable.
 On a shared machine give torch one thread (``--threads 1``): intra-op threads competing with other
 processes for the same cores made these small matmuls several times slower in our measurements.
 """
@@ -95,9 +97,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from agents.api import AgentContext, opt
+from agents.api import PRECISION_HELP, PRECISIONS, AgentContext, Param, opt
+from agents.fused import FusedStep, resolve_compile
 from agents.heads import QHead, bind_noise, categorical_projection, reset_noise
-from agents.nets import ENCODERS, MLP, ConvTorso, clip_grad_norm, encoder_kind, flatten_parameters, make_encoder
+from agents.nets import ENCODERS, MLP, ConvTorso, encoder_kind, flatten_parameters, make_encoder
 from agents.replay import Batch, Replay
 from envs.base import EnvSpec, EnvStep
 
@@ -147,12 +150,33 @@ class Config:
     mlp_layers: int = opt(2, "MLP torso depth", ge=0)
     head_hidden: int = opt(512, "hidden units in each value/advantage stream; 0 = one layer", ge=0)
     # Speed
-    compile: bool = opt(False, "torch.compile the replay draw, loss, priority update and acting forward")
+    compile: str = opt("auto", "torch.compile each gradient step into one graph (agents.fused) and the "
+                       "acting forward: on, off, or auto (on for runs of >= 2M env steps or >= 5 min)",
+                       choices=("auto", "on", "off"))  # fmt: skip
+    precision: str = opt("fp32", PRECISION_HELP, choices=PRECISIONS)
 
     def __post_init__(self):
         # Single-field ranges are declared above and checked by bench.config before this runs.
         if self.distributional and not (self.atoms >= 2 and self.v_max > self.v_min):
             raise ValueError("C51 needs atoms >= 2 and v_max > v_min")
+
+
+# What `bench tune` searches (agents.api.Param): the knobs the equal-compute comparison turns on,
+# with ranges wide enough to hold every preset below and the paper's values.
+SEARCH_SPACE: tuple[Param, ...] = (
+    # 3e-5 (half the paper's 6.25e-5) to 3e-3 (3x the gym preset's 1e-3), log.
+    Param("lr", 3e-5, 3e-3, log=True),
+    # the reuse knob: 1 to 16 gradient samples per env step (paper and gym preset: 8; puffer: 4), log.
+    Param("replay_ratio", 1.0, 16.0, log=True),
+    # the horizon knob: 1-step (DQN) to 10 (the paper: 3; longer n helps short budgets).
+    Param("n_step", 1, 10, kind="int"),
+    # target copies every 100 (gym preset) to 8000 (4x the paper's 2000) updates, log.
+    Param("target_update", 100, 8000, log=True, kind="int"),
+    # exploration: noisy nets' initial scale, 0.1 to 1.0 around Fortunato et al.'s 0.5.
+    Param("noisy_sigma0", 0.1, 1.0),
+    # network width of the MLP torso: the presets' 64 / 128 and the default 512, as powers of two.
+    Param("hidden", choices=(64, 128, 256, 512)),
+)
 
 
 PRESETS: dict[str, dict[str, Any]] = {
@@ -225,7 +249,7 @@ class QNetwork(nn.Module):
         self.head = QHead(self.torso.out_dim, spec.num_actions, atoms, **head)
 
     def forward(self, obs: torch.Tensor) -> torch.Tensor:
-        return self.head(self.torso(obs))  # [B, A, K]
+        return self.head(self.torso(obs)).float()  # [B, A, K]; float32 under --precision bf16
 
 
 def q_values(out: torch.Tensor, support: torch.Tensor | None) -> torch.Tensor:
@@ -304,10 +328,14 @@ class Agent:
         self.grad_steps = 0
         self.credit = 0.0
         self._action: torch.Tensor | None = None
-        compiled = torch.compile if cfg.compile else (lambda fn: fn)
-        self._greedy = compiled(self._greedy_eager)
-        self._sample_loss = compiled(self._sample_loss_eager)
-        self._update_priorities = compiled(self.replay.update_priorities)
+        # The fused, compiled step (agents.fused) where compiling pays back; the eager step below
+        # is the reference it is tested against, and what the meter's FLOP count runs.
+        self.compiled = resolve_compile(cfg.compile, ctx.total_env_steps, ctx.time_budget_s)
+        self._greedy = torch.compile(self._greedy_eager) if self.compiled else self._greedy_eager
+        self._step = FusedStep(
+            self.online, self.flat, self.opt, self._sample_loss_eager, self.replay.update_priorities,
+            [self._noise_online, self._noise_target], cfg.max_grad_norm, compile=self.compiled,
+        )  # fmt: skip
 
     # --- schedules: epsilon over env steps (the paper's), beta over the run's budget ----------
     def epsilon(self) -> float:
@@ -394,16 +422,8 @@ class Agent:
 
     def _learn_step(self, beta: float) -> tuple[torch.Tensor, torch.Tensor]:
         cfg = self.cfg
-        reset_noise(self._noise_online)  # one noise sample per net per update (Fortunato et al. 2018)
-        reset_noise(self._noise_target)
         beta_t = torch.tensor(beta, dtype=torch.float64, device=self.device)
-        loss, priority, q, idx = self._sample_loss(beta_t)
-        self.flat.grad.zero_()
-        loss.backward()
-        if cfg.max_grad_norm > 0:
-            clip_grad_norm(self.flat.grad, cfg.max_grad_norm)
-        self.opt.step()
-        self._update_priorities(idx, priority)
+        loss, q = self._step(beta_t)  # noise, draw, loss, gradient, clip, Adam, priorities
         self.grad_steps += 1
         if self.grad_steps % cfg.target_update == 0:
             self.target.load_state_dict(self.online.state_dict())

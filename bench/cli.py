@@ -19,9 +19,10 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "run": ("bench.run_cmd", "train one agent on one game with one seed into a run folder"),
     "envs": ("bench.envs_cmd", "measure raw backend SPS vs harness SPS for a game"),
     "perf": ("bench.perf", "train briefly and print SPS split into env / act / learn"),
-    "report": ("bench.report", "figures, summary.md and summary.json from run folders"),
+    "report": ("bench.report", "figures, summary.md, summary.json and index.html from run folders"),
     "compare": ("bench.compare", "run agents side by side under equal budgets, then report"),
     "sweep": ("bench.sweep", "run a declarative grid of runs from a TOML file"),
+    "tune": ("bench.tune", "tune an agent's options under a tuning budget (Optuna); writes a preset file"),
     "regress": ("bench.regress", "CI regression check of score per (machine-normalised) hour"),
     "demo": ("bench.demo", "the embedded default job that `make demo` runs"),
 }

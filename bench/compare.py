@@ -15,6 +15,7 @@ Sweep knobs per agent (what "reuse" and "horizon" mean for each algorithm):
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import math
 from pathlib import Path
@@ -22,6 +23,7 @@ from pathlib import Path
 import envs
 from bench.config import parse_duration, parse_steps
 from bench.errors import UserError
+from bench.run_cmd import add_sink_options, sink_flags
 from bench.runner import RunSpec, allowed_cpus, run_local, run_ray
 from bench.results import RunDir, check_target_dir
 
@@ -49,6 +51,9 @@ def add_arguments(p: argparse.ArgumentParser, argv: list[str]) -> None:
     p.add_argument("--workers", type=int, default=None,
                    help="runs in parallel, each pinned to cores/workers cores (default: one per core)")  # fmt: skip
     p.add_argument("--out", default=None, help="output folder (default runs/compare-<game>)")
+    p.add_argument("--preset-file", action="extend", nargs="+", default=[], metavar="FILE",
+                   help="tuned preset files (bench tune's preset.toml), at most one per agent compared: its values "
+                        "sit between the agent's PRESETS and --agent-option / --reuse / --horizon")  # fmt: skip
     p.add_argument("--agent-option", action="append", default=[], metavar="AGENT.KEY=VALUE",
                    help="agent option for one agent, e.g. ppo.epochs=2 (repeatable)")  # fmt: skip
     p.add_argument("--reuse", nargs="+", type=float, default=None,
@@ -56,11 +61,15 @@ def add_arguments(p: argparse.ArgumentParser, argv: list[str]) -> None:
     p.add_argument("--horizon", nargs="+", type=int, default=None,
                    help="bootstrap horizons to sweep (PPO/PQN segment length; Rainbow/BTR n-step)")  # fmt: skip
     p.add_argument("--eval-episodes", type=int, default=0, help="greedy evaluation episodes at the end of each run")
+    p.add_argument("--capture-video", action="store_true",
+                   help="each run films its evaluation's first episode of env 0 into <run>/videos/ (bench run "
+                        "--capture-video; needs --eval-episodes)")  # fmt: skip
     p.add_argument("--backend", choices=["local", "ray"], default="local", help="local process pool or Ray tasks")
     p.add_argument("--address", default=None, help="Ray cluster address (auto | HOST:PORT); default: start one")
     p.add_argument("--reps", type=int, default=2000, help="bootstrap repetitions for the report's CIs")
     p.add_argument("--no-report", action="store_true", help="run only; skip figures and summary")
     add_max_runs(p)
+    add_sink_options(p, "the --out folder's name")
 
 
 def add_max_runs(p: argparse.ArgumentParser) -> None:
@@ -111,17 +120,24 @@ def _fmt_value(v: float) -> str:
 
 def expand(agents: list[str], game: str, seeds: int, out: Path, steps: int | None, time_s: float | None,
            options: dict[str, dict], reuse: list[float] | None, horizon: list[int] | None,
-           eval_episodes: int = 0, spell=None) -> list[RunSpec]:  # fmt: skip
+           eval_episodes: int = 0, spell=None, capture_video: bool = False,
+           presets: dict | None = None) -> list[RunSpec]:  # fmt: skip
     """agents x reuse x horizon x seeds -> run specs with equal budgets, every run's config
     resolved and range-checked here, before any run starts. ``spell(agent, key, value)`` names
-    an agent option as the user gave it (default ``--agent-option AGENT.KEY=VALUE``)."""
+    an agent option as the user gave it (default ``--agent-option AGENT.KEY=VALUE``).
+    ``presets``: {agent: bench.preset.Preset}, values under the options (passed on as --preset-file)."""
+    presets = presets or {}
     from bench.config import RunConfig, check_run_config
     from bench.harness import load_agent_module, resolve
     from bench.perf import _typed
 
     spell = spell or (lambda a, k, v: f"--agent-option {a}.{k}={v}")
     check_run_config(RunConfig(agent=agents[0] if agents else "?", game=game, seed=max(seeds, 1), steps=steps,
-                               time_s=time_s, eval_episodes=eval_episodes))  # fmt: skip
+                               time_s=time_s, eval_episodes=eval_episodes, capture_video=capture_video))  # fmt: skip
+    if capture_video:
+        from bench.video import check
+
+        check(game)  # e.g. an Ocean game: refused before any run starts
     specs: list[RunSpec] = []
     for agent in agents:
         mod = load_agent_module(agent)
@@ -151,10 +167,13 @@ def expand(agents: list[str], game: str, seeds: int, out: Path, steps: int | Non
             def named(k, v, a=agent, extra=extra, flags=knob_flag):
                 return f"{flags[k]} {v}" if k in extra else spell(a, k, v)
 
-            resolve(RunConfig(agent=agent, game=game), overrides, named)  # validates names and values now
+            pre = presets.get(agent)
+            # validates names and values now, with the preset's values under the options, as bench run will
+            resolve(RunConfig(agent=agent, game=game), {**(pre.values if pre else {}), **overrides}, named)
             for seed in range(1, seeds + 1):
                 specs.append(RunSpec(agent=agent, game=game, seed=seed, label=label, steps=steps, time_s=time_s,
-                                     overrides=overrides, eval_episodes=eval_episodes,
+                                     overrides=overrides, eval_episodes=eval_episodes, capture_video=capture_video,
+                                     preset_file=pre.path if pre else None,
                                      out=str(out / label / game.replace(":", "_").replace("/", "_") / f"seed{seed}")))  # fmt: skip
     return specs
 
@@ -248,8 +267,14 @@ def main(args: argparse.Namespace) -> int:
     n_runs = len(agents) * len(args.reuse or [0]) * len(args.horizon or [0]) * args.seeds * len(games)
     check_run_count(n_runs, args.max_runs, "compare")
     options = parse_agent_options(args.agent_option, agents)
+    from bench.preset import presets_by_agent
+
+    presets = presets_by_agent(args.preset_file, agents)
     specs = [s for g in games for s in expand(agents, g, args.seeds, out, steps, time_s, options, args.reuse,
-                                              args.horizon, args.eval_episodes)]  # fmt: skip
+                                              args.horizon, args.eval_episodes,
+                                              capture_video=args.capture_video, presets=presets)]  # fmt: skip
+    flags = sink_flags(args, out.resolve().name)  # --wandb and the like, passed on to every run
+    specs = [dataclasses.replace(s, run_flags=flags) for s in specs]
     check_existing(specs)
     make_out_root(out)
     workers = args.workers or min(len(allowed_cpus()), len(specs))

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import importlib.util
 import math
 import re
 import types
@@ -102,12 +103,18 @@ class RunConfig:
     protocol: str | None = _field(None, "ALE protocol preset; None: the default", choices=("machado", "dqn"))
     label: str | None = None  # a name for this run in reports (sweeps); None: the agent name
     tensorboard: bool = False  # also write TensorBoard events from the same rows
+    capture_video: bool = False  # also film each evaluation's first episode of env 0 into videos/ (bench.video)
+    wandb: bool = False  # also send the same rows to Weights & Biases (bench.wandb_sink)
+    wandb_project: str = "onoff-bench"  # W&B project
+    wandb_entity: str | None = None  # W&B entity (user or team); None: the account's default
+    wandb_group: str | None = None  # W&B group; bench compare / sweep set their name
     debug_update_sleep_s: float = _field(0.0, "test-only: sleep after each learning update (bench regress)", ge=0)
 
     def identity(self) -> dict[str, Any]:
         """The fields that define *which* run this is: a resumed run must match them."""
         d = dataclasses.asdict(self)
-        for k in ("checkpoint_every_s", "tensorboard", "threads", "device", "log_every", "debug_update_sleep_s"):
+        for k in ("checkpoint_every_s", "tensorboard", "capture_video", "threads", "device", "log_every",
+                  "debug_update_sleep_s", "wandb", "wandb_project", "wandb_entity", "wandb_group"):
             d.pop(k)
         return d
 
@@ -265,4 +272,20 @@ def check_run_config(run: RunConfig, spell: Spell | None = None) -> RunConfig:
     bad = _range_errors(run, given, spell, "run")
     if bad:
         raise UserError("; ".join(bad))
+    check_sinks(run.tensorboard, run.wandb, run.wandb_project)
+    if run.capture_video:  # the game's own refusal (Ocean) is bench.video.check's: it needs the env modules
+        if not run.eval_episodes:
+            raise UserError("--capture-video films the greedy evaluation episodes: give --eval-episodes N (N >= 1)")
+        if any(importlib.util.find_spec(m) is None for m in ("imageio", "imageio_ffmpeg")):
+            raise UserError("--capture-video needs imageio and imageio-ffmpeg: pip install 'onoff-bench[video]'")
     return run
+
+
+def check_sinks(tensorboard: bool, wandb: bool, wandb_project: str | None = "onoff-bench") -> None:
+    """The optional sinks are extras: one line naming the missing package, before any run folder
+    is touched (``bench compare`` / ``sweep`` check them once, before the first run starts)."""
+    for flag, on, module in (("--tensorboard", tensorboard, "tensorboard"), ("--wandb", wandb, "wandb")):
+        if on and importlib.util.find_spec(module) is None:
+            raise UserError(f"{flag} needs the {module} package: pip install 'onoff-bench[{module}]'")
+    if wandb and wandb_project is not None and not wandb_project.strip():
+        raise UserError("--wandb-project '': give a W&B project name")

@@ -27,6 +27,7 @@ the agent closes what it had stored across the break (:mod:`agents.api`).
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import math
 import os
@@ -45,9 +46,10 @@ import envs
 from agents.api import AgentContext
 from bench.config import RunConfig, Spell, check_run_config, resolve_agent_config
 from bench.errors import RunFailed, UserError
-from bench.fingerprint import fingerprint
+from bench.fingerprint import fingerprint, write_record
 from bench.meter import UNTIMED_BY_BUDGET, Meter, RecentRate, count_flops, trainable_params
 from bench.results import RunDir
+from bench.runner import pinning_record
 
 EVAL_MAX_VECTOR_STEPS = 27_000  # 108K frames at frameskip 4: the Atari episode cap
 
@@ -172,11 +174,15 @@ class EvalResult:
     capped: list[float]
 
 
-def evaluate(agent, env, episodes: int, seed: int, max_vector_steps: int = EVAL_MAX_VECTOR_STEPS) -> EvalResult:
+def evaluate(agent, env, episodes: int, seed: int, max_vector_steps: int = EVAL_MAX_VECTOR_STEPS,
+             video=None) -> EvalResult:  # fmt: skip
     """Greedy (explore=False) full-game returns. Each env plays a fixed quota of episodes, so
     short episodes are not over-represented. Episodes still running after ``max_vector_steps``
     vector steps cannot be scored: they are left out of ``returns``, which favours short episodes,
-    and reported in ``capped`` at their partial return (a lower bound when rewards are >= 0)."""
+    and reported in ``capped`` at their partial return (a lower bound when rewards are >= 0).
+
+    ``video`` (:class:`bench.video.EpisodeClip`, ``--capture-video``) films env 0's first episode;
+    it only reads the actions and steps, so the returns and every RNG stream are the same without it."""
     n = env.num_envs
     quota = torch.full((n,), math.ceil(episodes / n), dtype=torch.int64)
     quota[: n * int(quota[0]) - episodes] -= 1  # exactly `episodes` in total
@@ -184,9 +190,14 @@ def evaluate(agent, env, episodes: int, seed: int, max_vector_steps: int = EVAL_
     done_count = torch.zeros(n, dtype=torch.int64)
     returns: list[float] = []
     obs = env.reset(seed)
+    if video is not None:
+        video.start(env, seed)
     first = torch.ones(n, dtype=torch.bool)  # [N] envs whose obs starts an episode
     for _ in range(max_vector_steps):
-        step = env.step(agent.act(obs, explore=False, first=first))
+        actions = agent.act(obs, explore=False, first=first)
+        step = env.step(actions)
+        if video is not None:
+            video.add(actions, step)
         first = step.done.cpu()
         done = first
         ret += step.reward.cpu()
@@ -200,6 +211,8 @@ def evaluate(agent, env, episodes: int, seed: int, max_vector_steps: int = EVAL_
             break
         obs = step.obs
     capped = [float(ret[i]) for i in (done_count < quota).nonzero().squeeze(1).tolist()]
+    if video is not None:
+        video.close()
     return EvalResult(returns, capped)
 
 
@@ -241,13 +254,29 @@ def train(
     command: str | None = None,
     progress: bool = False,
     on_row: Callable[[dict], None] | None = None,
+    preset: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """Run (or resume) one training run into ``out``; return its compute summary.
 
-    Raises UserError for bad input, RunFailed when a loss goes NaN/inf (files kept, marked)."""
+    ``preset``: a tuned preset file's record (:meth:`bench.preset.Preset.record`) whose values are
+    already in ``overrides``; kept in config.json as ``preset`` (null without one).
+
+    Raises UserError for bad input, RunFailed when a loss goes NaN/inf (files kept, marked). An
+    optional sink that keeps a process of its own (W&B) is finished however the run ends."""
+    with contextlib.ExitStack() as cleanup:
+        return _train(run, overrides, out, command, progress, on_row, cleanup, preset)
+
+
+def _train(run: RunConfig, overrides: dict[str, Any] | None, out: str | os.PathLike, command: str | None,
+           progress: bool, on_row: Callable[[dict], None] | None, cleanup: contextlib.ExitStack,
+           preset: dict[str, Any] | None = None) -> dict[str, Any]:  # fmt: skip
     check_run_config(run)
     overrides = dict(overrides or {})
     mod, cfg = resolve(run, overrides)
+    if run.capture_video:
+        from bench import video
+
+        video.check(run.game)  # a game that cannot be filmed, or no encoder: refused before any file
     rd = RunDir(out)
     status = rd.check()  # new, or a run whose config and ledgers are intact; else one-line UserError
     device = pick_device(run.device)
@@ -255,9 +284,18 @@ def train(
     torch.set_num_threads(threads)
 
     identity = {"run": run.identity(), "agent": dataclasses.asdict(cfg)}
+    # ``compile`` changes speed, not the maths (agents.fused, tested): a run may resume either way.
+    identity["agent"].pop("compile", None)
     if status != "new":
         prev = rd.config()
-        prev_id = {"run": {k: prev["run"].get(k) for k in identity["run"]}, "agent": prev.get("agent")}
+        prev_agent = dict(prev.get("agent") or {})
+        prev_agent.pop("compile", None)
+        # A field added since the run was made counts as its default (e.g. precision fp32).
+        defaults = {f.name: f.default for f in dataclasses.fields(cfg)}
+        for k, v in identity["agent"].items():
+            if k not in prev_agent and v == defaults.get(k):
+                prev_agent[k] = v
+        prev_id = {"run": {k: prev["run"].get(k) for k in identity["run"]}, "agent": prev_agent}
         if prev_id != identity:
             diff = [k for k in identity["run"] if prev_id["run"].get(k) != identity["run"][k]]
             diff += [f"agent.{k}" for k in identity["agent"] if (prev_id["agent"] or {}).get(k) != identity["agent"][k]]
@@ -275,7 +313,7 @@ def train(
     total = None if run.steps is None else math.ceil(run.steps / n) * n
     # progress: budget_used() below, which reads the clock; agents see only the fraction.
     ctx = AgentContext(spec=spec, num_envs=n, device=device, total_env_steps=total,
-                       progress=lambda: budget_used())  # fmt: skip
+                       progress=lambda: budget_used(), time_budget_s=run.time_s)  # fmt: skip
     try:
         inactive = inactive_options(mod, cfg, spec)
         agent = mod.Agent(cfg, ctx)
@@ -291,22 +329,43 @@ def train(
               f"{list(spec.obs_shape)}): {', '.join(chosen)} (config.json: inactive_options)",
               file=sys.stderr, flush=True)  # fmt: skip
     meter = Meter(device=device)
-    # The MFU denominator, from the per-machine cache (measured there once, before any clock runs).
+    # Reduced precision (bench.precision): the agent's field, applied here around act/observe/update.
+    from bench import precision as prec
+
+    amp_name = getattr(cfg, "precision", "fp32")
+    try:
+        prec.check(amp_name, device)
+    except UserError:
+        env.close()
+        raise
+
+    def amp():
+        return prec.autocast(amp_name, device)
+
+    # The MFU denominator, from the per-machine cache (measured there once, before any clock runs),
+    # for the dtype the matmuls run in.
     from bench.peak import matmul_peak
 
-    peak = matmul_peak(threads, torch.float32, device)
+    peak = matmul_peak(threads, prec.matmul_dtype(amp_name), device)
 
     if status == "new":
         rd.create({
-            "run": {**dataclasses.asdict(run), "out": str(rd.path), "threads": threads, "device": str(device)},
+            # pinned / pinning: the cores a runner (bench compare / sweep) gave the run, or why none
+            "run": {**dataclasses.asdict(run), "out": str(rd.path), "threads": threads, "device": str(device),
+                    **pinning_record()},
             "agent": dataclasses.asdict(cfg),
             "env": {"game": spec.game, "family": spec.family, "obs_shape": list(spec.obs_shape),
                     "obs_dtype": str(spec.obs_dtype).removeprefix("torch."), "num_actions": spec.num_actions,
                     "frameskip": spec.frameskip, "num_envs": n, "protocol": spec.protocol},
             "inactive_options": inactive,
+            # what an "auto" option resolved to for this run (compile: agents.fused)
+            "resolved": {"compile": agent.compiled} if hasattr(agent, "compiled") else {},
             "fingerprint": fingerprint(device),
             "command": command,
+            # a tuned preset file (bench.preset): its path, values and the tuning budget behind them
+            "preset": preset,
         })  # fmt: skip
+        write_record(rd.path)  # packages.txt, and code.diff when the code has uncommitted changes
     logs = rd.logs()
     log_every = run.log_every or max(10_000, (total or 0) // 200)
     log_every = math.ceil(log_every / n) * n
@@ -329,6 +388,12 @@ def train(
     logs["eval"].ensure_header()
     c = meter.counters
     tb = _tensorboard(rd.path) if run.tensorboard else None
+    if run.wandb:
+        from bench.wandb_sink import WandbSink
+
+        wb = cleanup.enter_context(WandbSink(rd, run))
+    else:
+        wb = None
     tracker = EpisodeTracker(n)
     eval_env = None
     untimed_prior = sum(meter.phase_s[p] for p in UNTIMED_BY_BUDGET)
@@ -336,7 +401,8 @@ def train(
     # A resumed run restarts its envs from a seed that depends on where it resumed.
     obs = env.reset(run.seed + 1_000_003 * resumes)
     if meter.flops_per_act_sample is None:
-        _, f = count_flops(lambda: agent.act(obs, explore=False))
+        with amp():
+            _, f = count_flops(lambda: agent.act(obs, explore=False))
         meter.flops_per_act_sample = f / n
     # FLOPs per gradient sample are counted on the second update that learns: the first may pay
     # one-off costs (lazy init), and wrapping only calls after it keeps the counter's overhead off
@@ -380,7 +446,14 @@ def train(
             if eval_env is None:
                 eval_env = envs.make(run.game, min(run.eval_episodes, 16), device, protocol=run.protocol,
                                      num_threads=threads)  # fmt: skip
-            res = evaluate(agent, eval_env, run.eval_episodes, seed=run.seed + 7_777_777 + c.env_steps)
+            clip = None
+            if run.capture_video:  # inside the eval phase: capture and encoding are never training wall clock
+                from bench.video import VIDEO_DIR, EpisodeClip
+
+                clip = EpisodeClip(rd.path / VIDEO_DIR, c.env_steps, run.game)
+            with amp():
+                res = evaluate(agent, eval_env, run.eval_episodes, seed=run.seed + 7_777_777 + c.env_steps,
+                               video=clip)  # fmt: skip
         rets = res.returns
         row = {"wall_s": wall(), "env_steps": c.env_steps, "frames": c.frames, "grad_samples": c.grad_samples,
                "eval_episodes": len(rets), "eval_return_mean": float(np.mean(rets)) if rets else None,
@@ -390,12 +463,15 @@ def train(
         logs["eval"].write(row)
         if tb is not None and rets:
             tb.add_scalar("eval/return", row["eval_return_mean"], c.env_steps)
+        if wb is not None:
+            wb.log_eval(row)
 
     last_row_wall, last_row_steps = wall_prior, c.env_steps
     recent = RecentRate(wall_prior, c.env_steps)
     bar = _Progress(progress, f"{run.agent} {run.game} seed {run.seed}",
                     total if total is not None else run.time_s, "env_steps" if total is not None else "s")  # fmt: skip
     last_ret: float | None = None
+    last_learner: dict[str, Any] | None = None  # the latest learner.csv row (the W&B sink sends it)
     t_start = time.perf_counter()
     t_ckpt = t_start
     # [N] the envs were just reset: at a resume every env's stream breaks without an episode end,
@@ -403,7 +479,7 @@ def train(
     first: torch.Tensor | None = torch.ones(n, dtype=torch.bool, device=obs.device)
     try:
         while budget_left():
-            with meter.phase("act"):
+            with meter.phase("act"), amp():
                 actions = agent.act(obs, first=first)
                 first = None
             with meter.phase("env"):
@@ -411,7 +487,7 @@ def train(
                 c.env_steps += n
                 c.frames += n * spec.frameskip
                 c.episodes += tracker.update(step.reward, step.done)
-            with meter.phase("learn"):
+            with meter.phase("learn"), amp():
                 agent.observe(step)
                 if armed:
                     metrics, flops = count_flops(agent.update)
@@ -436,9 +512,10 @@ def train(
                     rd.write_compute(_compute(meter, wall(), params, status="failed", peak=peak))
                     raise RunFailed(f"{bad} became {metrics[bad]} at env_steps={c.env_steps}; run marked failed "
                                     f"in {rd.path}")  # fmt: skip
-                logs["learner"].write({"wall_s": wall(), "env_steps": c.env_steps, "grad_steps": c.grad_steps,
-                                       **{k: _scalar(v) for k, v in metrics.items()
-                                          if k not in ("grad_steps", "grad_samples")}})  # fmt: skip
+                last_learner = {"wall_s": wall(), "env_steps": c.env_steps, "grad_steps": c.grad_steps,
+                                **{k: _scalar(v) for k, v in metrics.items()
+                                   if k not in ("grad_steps", "grad_samples")}}  # fmt: skip
+                logs["learner"].write(last_learner)
             if c.env_steps >= next_log or not budget_left():
                 w = wall()
                 ret, length = tracker.drain()
@@ -455,6 +532,8 @@ def train(
                     for k, v in row.items():
                         if v is not None and k != "env_steps":
                             tb.add_scalar(f"train/{k}", v, c.env_steps)
+                if wb is not None:
+                    wb.log_row(row, last_learner)
                 if on_row is not None:
                     on_row({**row, "phase_s": dict(meter.phase_s)})
                 score = "-" if last_ret is None else f"{last_ret:.1f}"

@@ -20,7 +20,26 @@ from collections.abc import Callable
 import torch
 
 # Imported eagerly: its first import pulls in sympy (~0.5 s), which must not land in a timed phase.
-from torch.utils.flop_counter import FlopCounterMode
+from torch.utils.flop_counter import FlopCounterMode, register_flop_formula
+
+
+# The fused LSTM kernel on CPU (oneDNN; PPO's ``lstm_unroll fused``, nn.LSTM) has no formula in
+# torch's counter, which would count its matmuls as 0. One layer over ``T`` steps of ``B`` rows is
+# the same matmuls as ``T`` LSTMCell steps: gates = x W_ih^T + h W_hh^T, ``2 T B 4H (In + H)``
+# FLOPs forward; backward twice that (gradients of the inputs and of the weights), as for mm.
+def _lstm_layer_flops(input_shape, w_ih_shape, w_hh_shape) -> int:
+    steps_rows = input_shape[0] * input_shape[1]  # T * B, either layout
+    return 2 * steps_rows * w_ih_shape[0] * (w_ih_shape[1] + w_hh_shape[1])
+
+
+@register_flop_formula(torch.ops.aten.mkldnn_rnn_layer)
+def _mkldnn_rnn_layer_flop(input_shape, w_ih, w_hh, *args, out_shape=None, **kwargs) -> int:
+    return _lstm_layer_flops(input_shape, w_ih, w_hh)
+
+
+@register_flop_formula(torch.ops.aten.mkldnn_rnn_layer_backward)
+def _mkldnn_rnn_layer_backward_flop(input_shape, w_ih, w_hh, *args, out_shape=None, **kwargs) -> int:
+    return 2 * _lstm_layer_flops(input_shape, w_ih, w_hh)
 
 PHASES = ("env", "act", "learn", "eval", "checkpoint")
 # Timed, but not charged to the training budget: evaluation, and checkpoint writes (an off-policy

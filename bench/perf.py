@@ -1,7 +1,10 @@
 """``bench perf``: train briefly and report steady-state speed, split into env / act / learn.
 
-Steady state starts at the first metric row after the agent's first gradient step (replay
-warm-up and PPO's first rollout are excluded); the phase split covers the same window. With
+Steady state starts at the second metric row after the agent's first gradient step (replay
+warm-up, PPO's first rollout and a compiling agent's first steps, which compile its update, are
+excluded); the phase split covers the same window. Agents with ``compile = "auto"`` (Rainbow,
+BTR) are measured compiled, as a run long enough to turn it on would run (``--compile off`` to
+measure the eager path). With
 ``--baseline key=value ...`` a second configuration of the same agent is measured in the same
 command (e.g. the CleanRL-style single-env Rainbow) and the speed-up is printed.
 """
@@ -89,6 +92,8 @@ def measure(agent: str, game: str, overrides: dict, seconds: float, seed: int, t
 
     run0 = RunConfig(agent=agent, game=game, seed=seed)
     _, cfg = resolve(run0, overrides)
+    if getattr(cfg, "compile", None) == "auto":  # as a long run resolves it (agents.fused)
+        overrides = {**overrides, "compile": "on"}
     n = cfg.num_envs
     rows: list[dict] = []
     with tempfile.TemporaryDirectory(prefix="bench-perf-") as tmp:
@@ -96,7 +101,7 @@ def measure(agent: str, game: str, overrides: dict, seconds: float, seed: int, t
                         log_every=max(n, (4096 // n) * n), checkpoint_every_s=1e9)  # fmt: skip
         summary = train(run, overrides, out=tmp, on_row=rows.append)
     learning = [r for r in rows if r["grad_steps"] > 0]
-    start = learning[0] if len(learning) >= 2 else (rows[0] if rows else None)
+    start = learning[min(1, len(learning) - 2)] if len(learning) >= 2 else (rows[0] if rows else None)
     end = rows[-1]
     span = end["wall_s"] - start["wall_s"]
     if span <= 0:
@@ -126,6 +131,7 @@ def measure(agent: str, game: str, overrides: dict, seconds: float, seed: int, t
         # machine's calibrated float32 matmul peak (bench.peak); the learn phase's own rate beside it.
         "flops_per_s": rate, "mfu": mfu, "learn_flops_per_s": learn_rate, "mfu_learn": learn_mfu,
         "peak_flops_per_s": peak or None,
+        "peak_dtype": "bfloat16" if "bfloat16" in (summary.get("peak_key") or "") else "float32",
     }  # fmt: skip
 
 
@@ -141,7 +147,7 @@ def _line(r: dict) -> str:
             f"  reuse_ratio {r['reuse_ratio']:.2f}  params {r['params']:,}  "
             f"{r['flops_per_grad_sample'] / 1e6:.2f} MFLOP/grad_sample\n"
             f"  {r['flops_per_s'] / 1e9:.2f} GFLOP/s = MFU {100 * r['mfu']:.1f}% of the {(r['peak_flops_per_s'] or float('nan')) / 1e9:.0f} "
-            f"GFLOP/s float32 matmul peak (learn phase: MFU {100 * r['mfu_learn']:.1f}%; matmuls and convolutions "
+            f"GFLOP/s {r['peak_dtype']} matmul peak (learn phase: MFU {100 * r['mfu_learn']:.1f}%; matmuls and convolutions "
             "only)")  # fmt: skip
 
 

@@ -1,4 +1,4 @@
-"""``bench report DIR...``: figures, summary.md and summary.json from any set of run folders.
+"""``bench report DIR...``: figures, summary.md, summary.json and index.html from run folders.
 
 Run folders are found recursively (any folder holding config.json). The numbers and the
 definitions behind them are in :mod:`plots.report`; this module only parses options, calls it,

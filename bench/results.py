@@ -7,6 +7,12 @@
                    episodes cut by the evaluation's step cap (count, mean partial return)
     compute.json   totals and per-phase seconds (rewritten atomically at each checkpoint/end)
     checkpoint.pt  latest checkpoint (atomic replace)
+    packages.txt   every installed distribution, ``name==version`` a line (written with config.json)
+    code.diff      only when the code ran from a git tree with changes: ``git diff HEAD`` plus the
+                   untracked files as new-file hunks, so ``git apply`` on the commit rebuilds it
+    wandb.json     the W&B run id (``--wandb``), so a resumed run continues the same W&B run
+    videos/        ``--capture-video``: evaluation clips ``eval_<env_steps>_ep<k>.mp4`` and their
+                   ``.json`` sidecars (bench.video)
     done | failed  written last: `done` for a finished run, `failed` (with reason and step) for a
                    run stopped by a NaN/inf loss
 
@@ -39,10 +45,12 @@ METRIC_COLUMNS = ["wall_s", "env_steps", "frames", "episodes", "grad_steps", "gr
 EVAL_COLUMNS = ["wall_s", "env_steps", "frames", "grad_samples", "eval_episodes", "eval_return_mean",
                 "eval_return_std", "eval_episodes_capped", "eval_capped_return_mean"]  # fmt: skip
 SCHEMA = 1
-# What a run folder may hold besides config.json (tb/: TensorBoard events); the leftover of an
-# atomic write cut by a kill (atomic_write_bytes's temporary name) does not make a folder foreign.
+# What a run folder may hold besides config.json (tb/: TensorBoard events; wandb/: W&B's local
+# files unless WANDB_DIR says otherwise); the leftover of an atomic write cut by a kill
+# (atomic_write_bytes's temporary name) does not make a folder foreign.
 _ATOMIC_TMP = re.compile(r"\..+\.tmp[0-9]+")
-RUN_FILES = {"metrics.csv", "eval.csv", "learner.csv", "compute.json", "checkpoint.pt", "done", "failed", "tb"}
+RUN_FILES = {"metrics.csv", "eval.csv", "learner.csv", "compute.json", "checkpoint.pt", "done", "failed", "tb",
+             "packages.txt", "code.diff", "wandb", "wandb.json", "videos"}  # fmt: skip
 
 
 def check_target_dir(path: Path, what: str = "") -> None:

@@ -10,6 +10,12 @@ A sweep file (see ``experiments/``)::
     reuse = [1, 4]                      # optional: sample-reuse ratios (see bench compare)
     horizon = [3, 32]                   # optional: bootstrap horizons
     eval_episodes = 0
+    capture_video = false               # optional: film evaluations (bench run --capture-video)
+    tensorboard = false                 # optional sinks, as bench run's flags, for every run:
+    wandb = false                       #   wandb_project, wandb_entity, wandb_group (default: name)
+    preset_files = ["../runs/tune-ppo-puffer_breakout/preset.toml"]  # optional: bench tune presets,
+                                        # one per agent at most, paths relative to this file; their
+                                        # values sit under [options] and [grid]
 
     [options.ppo]                       # fixed agent options
     learning_rate = 0.01
@@ -23,6 +29,7 @@ The same resume rules as ``bench compare`` hold: finished runs are skipped, unfi
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import itertools
 import tomllib
 from pathlib import Path
@@ -31,10 +38,12 @@ import envs
 from bench.compare import add_max_runs, check_existing, check_out_root, check_run_count, expand, make_out_root
 from bench.config import parse_duration, parse_steps
 from bench.errors import UserError
+from bench.run_cmd import add_sink_options, sink_flags
 from bench.runner import allowed_cpus, run_local, run_ray
 
 KNOWN_KEYS = {"name", "agents", "games", "suite", "seeds", "time", "steps", "reuse", "horizon", "eval_episodes", "options",
-              "grid", "workers"}  # fmt: skip
+              "grid", "workers", "capture_video", "tensorboard", "wandb", "wandb_project", "wandb_entity",
+              "wandb_group", "preset_files"}  # fmt: skip
 
 
 def add_arguments(p: argparse.ArgumentParser, argv: list[str]) -> None:
@@ -47,6 +56,7 @@ def add_arguments(p: argparse.ArgumentParser, argv: list[str]) -> None:
     p.add_argument("--out", default=None, help="output folder (default runs/<name>)")
     p.add_argument("--report", action="store_true", help="write the report when all runs are done")
     add_max_runs(p)
+    add_sink_options(p, "the sweep's name; given here, they win over the file's")
 
 
 def _count(v) -> bool:
@@ -112,10 +122,35 @@ def load_sweep(path: str) -> dict:
     ev = cfg.get("eval_episodes", 0)
     if not _count(ev) or ev < 0:
         raise UserError(f"{path}: eval_episodes = {ev!r} must be a whole number >= 0")
+    cv = cfg.get("capture_video", False)
+    if not isinstance(cv, bool):
+        raise UserError(f"{path}: capture_video = {cv!r} must be true or false")
+    if cv and not ev:
+        raise UserError(f"{path}: capture_video = true films the evaluation episodes: set eval_episodes >= 1")
     w = cfg.get("workers")
     if w is not None and (not _count(w) or w < 1):
         raise UserError(f"{path}: workers = {w!r} must be a whole number >= 1")
+    for key in ("tensorboard", "wandb"):
+        if not isinstance(cfg.get(key, False), bool):
+            raise UserError(f"{path}: {key} = {cfg[key]!r} must be true or false")
+    for key in ("wandb_project", "wandb_entity", "wandb_group"):
+        if key in cfg and (not isinstance(cfg[key], str) or not cfg[key].strip()):
+            raise UserError(f"{path}: {key} = {cfg[key]!r} must be a non-empty string")
+        if key in cfg and not cfg.get("wandb"):
+            raise UserError(f"{path}: {key} without wandb = true")
+    pf = cfg.get("preset_files", [])
+    if not isinstance(pf, list) or not all(isinstance(x, str) and x for x in pf):
+        raise UserError(f"{path}: preset_files = {pf!r} must be a list of preset file paths")
     return cfg
+
+
+def sweep_presets(cfg: dict, path: str) -> dict:
+    """{agent: Preset} from the file's ``preset_files`` (paths relative to the sweep file)."""
+    from bench.preset import presets_by_agent
+
+    base = Path(path).parent
+    files = [str(p if Path(p).is_absolute() else base / p) for p in cfg.get("preset_files", [])]
+    return presets_by_agent(files, cfg["agents"], f"{path}: preset_files")
 
 
 def run_count(cfg: dict) -> int:
@@ -140,6 +175,7 @@ def specs_from(cfg: dict, out: Path, path: str):
         raise UserError(f"{path}: seeds must be a positive count or a list of positive ints")
     steps = parse_steps(cfg.get("steps"), f"{path}: steps =") if cfg.get("steps") is not None else None
     time_s = parse_duration(cfg.get("time"), f"{path}: time =") if cfg.get("time") is not None else None
+    presets = sweep_presets(cfg, path)
     specs = []
     for game in cfg["games"]:
         try:
@@ -156,7 +192,8 @@ def specs_from(cfg: dict, out: Path, path: str):
                     return f"{path}: [{'grid' if k in keys else 'options'}.{a}] {k} = {v!r}"
 
                 sub = expand([agent], game, max(seed_list), out, steps, time_s, {agent: opts}, cfg.get("reuse"),
-                             cfg.get("horizon"), cfg.get("eval_episodes", 0), spell)  # fmt: skip
+                             cfg.get("horizon"), cfg.get("eval_episodes", 0), spell,
+                             capture_video=cfg.get("capture_video", False), presets=presets)  # fmt: skip
                 suffix = "".join(f"-{k}{v}" for k, v in zip(keys, combo))
                 for s in sub:
                     if s.seed not in seed_list:
@@ -183,6 +220,13 @@ def main(args: argparse.Namespace) -> int:
     print(f"sweep {args.file}: {n:,} runs into {out} ({args.backend} backend)", flush=True)
     check_run_count(n, args.max_runs, f"sweep {args.file}")
     specs = specs_from(cfg, out, args.file)
+    # The sinks, as the file asks and the command line overrides, passed on to every run.
+    sinks = argparse.Namespace(tensorboard=args.tensorboard or cfg.get("tensorboard", False),
+                               wandb=args.wandb or cfg.get("wandb", False),
+                               **{k: getattr(args, k) if getattr(args, k) is not None else cfg.get(k)
+                                  for k in ("wandb_project", "wandb_entity", "wandb_group")})  # fmt: skip
+    flags = sink_flags(sinks, cfg.get("name") or Path(args.file).stem)
+    specs = [dataclasses.replace(s, run_flags=flags) for s in specs]
     check_existing(specs)
     make_out_root(out)
     if args.backend == "ray":

@@ -15,7 +15,8 @@ import torch
 
 from envs.base import EnvSpec, EnvStep, VecEnv
 
-__all__ = ["EnvSpec", "EnvStep", "VecEnv", "UnknownGame", "family_of", "make", "known_games", "check_game"]
+__all__ = ["EnvSpec", "EnvStep", "VecEnv", "UnknownGame", "family_of", "make", "known_games", "check_game",
+           "video_refusal"]
 
 
 class UnknownGame(ValueError):
@@ -67,6 +68,22 @@ def check_game(game: str) -> None:
     hint = f"; did you mean {', '.join(close)}?" if close else ""
     kinds = "ALE ids like breakout, puffer_<ocean env>, minatar:<game>, or gym:<gymnasium id>"
     raise UnknownGame(f"unknown game {game!r}{hint} (games are {kinds})")
+
+
+def video_refusal(game: str) -> str | None:
+    """Why ``--capture-video`` cannot film ``game`` (None: its adapter has a ``recorder``,
+    :class:`envs.base.Recorder`). ALE and MinAtar always can; gymnasium ids with an rgb_array
+    render mode can; PufferLib Ocean games cannot."""
+    fam = family_of(game)
+    if fam == "puffer":
+        from envs.puffer import VIDEO_REFUSAL
+
+        return VIDEO_REFUSAL
+    if fam == "gym":
+        from envs.gym import video_refusal as gym_refusal
+
+        return gym_refusal(game)
+    return None
 
 
 def make(

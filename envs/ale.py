@@ -27,6 +27,7 @@ PROTOCOLS: dict[str, dict] = {
     "dqn": dict(repeat_action_probability=0.0, use_fire_reset=True, life_loss_terminal=True),
 }
 DEFAULT_PROTOCOL = "machado"
+VIDEO_FPS = 60.0 / 4  # --capture-video: the emulator's 60 Hz over frameskip 4, i.e. real time
 
 
 def games() -> list[str]:
@@ -73,6 +74,7 @@ class AtariEnv:
             use_fire_reset=p["use_fire_reset"],
         )
         self._env = AtariVectorEnv(game, **ctor)
+        self._game, self._ctor = game, ctor
         self._life_loss = p["life_loss_terminal"]
         self.num_envs, self.device = num_envs, device
         n_act = int(self._env.single_action_space.n)
@@ -140,6 +142,42 @@ class AtariEnv:
             i += 1
 
         return step
+
+    def recorder(self, seed: int) -> _ScreenRecorder:
+        """--capture-video (:class:`envs.base.Recorder`): env 0's RGB screen, through a twin."""
+        return _ScreenRecorder(self._game, self._ctor, seed)
+
+    def close(self) -> None:
+        self._env.close()
+
+
+class _ScreenRecorder:
+    """Films env 0 of an :class:`AtariEnv` through a one-env twin: the same constructor, but with the
+    emulator's own RGB screen as observation (210x160, no resize, grey, max-pool or stack), which
+    the batch's preprocessed 84x84 frames cannot give back. Seeded as env 0 (ale-py seeds env i of
+    ``reset(seed)`` with ``seed + i``) and stepped with env 0's actions, it plays env 0's game: the
+    emulator, sticky actions and no-op starts draw only from the env's own seeded RNG. Each step's
+    reward and episode end are checked against env 0's, so a twin that drifted raises rather than
+    filming another game. It costs one extra emulator for one episode; the batch is untouched."""
+
+    fps = VIDEO_FPS
+
+    def __init__(self, game: str, ctor: dict, seed: int):
+        from ale_py.vector_env import AtariVectorEnv
+
+        screen = dict(num_envs=1, num_threads=1, img_height=210, img_width=160, grayscale=False, stack_num=1,
+                      maxpool=False)  # fmt: skip
+        self._env = AtariVectorEnv(game, **{**ctor, **screen})
+        self._env.reset(seed=int(seed))
+
+    def frame(self, action: int, step: EnvStep) -> np.ndarray:
+        obs, rew, term, trunc, info = self._env.step(np.array([action], np.int64))
+        done = bool(term[0] or trunc[0])
+        if float(rew[0]) != float(step.reward[0]) or done != bool(step.done[0]):
+            raise RuntimeError(f"the screen twin drifted from env 0 (reward {float(rew[0])} vs "
+                               f"{float(step.reward[0])}, done {done} vs {bool(step.done[0])})")  # fmt: skip
+        screen = np.asarray(info["final_obs"])[0] if done else obs[0]  # [1, 210, 160, 3]: stack of one
+        return screen[-1]
 
     def close(self) -> None:
         self._env.close()

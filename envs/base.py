@@ -25,6 +25,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
+import numpy as np
 import torch
 
 
@@ -60,5 +61,21 @@ class VecEnv(Protocol):
     def reset(self, seed: int) -> torch.Tensor: ...
 
     def step(self, actions: torch.Tensor) -> EnvStep: ...
+
+    def close(self) -> None: ...
+
+
+class Recorder(Protocol):
+    """What ``--capture-video`` films (optional: an adapter that can show its screen has a method
+    ``recorder(seed) -> Recorder``; the Ocean adapter has none). It follows env 0 of the batch from
+    the ``reset(seed)`` just made and only reads: the batch's observations, actions and RNG streams
+    are the same with or without it, so the evaluation's returns are too."""
+
+    fps: float  # playback rate of the clip (real time where the game has one)
+
+    def frame(self, action: int, step: EnvStep) -> np.ndarray:
+        """``[H, W, 3]`` uint8: env 0's screen after ``step`` (the last screen of its episode where
+        ``step.done[0]``), given the ``action`` env 0 took. RuntimeError if it lost track of env 0."""
+        ...
 
     def close(self) -> None: ...

@@ -14,6 +14,54 @@ import torch
 from envs.base import EnvSpec, EnvStep
 
 
+def video_refusal(game: str) -> str | None:
+    """Why --capture-video cannot film ``game`` (None: it renders to an array here). An env that
+    lists rgb_array may still need a renderer that is not installed (classic control and toy text
+    draw with pygame), so one frame is rendered to find out."""
+    env_id = game.removeprefix("gym:")
+    env = gym.make(env_id)
+    modes = env.metadata.get("render_modes") or []
+    env.close()
+    if "rgb_array" not in modes:
+        return f"{game} has no rgb_array render mode (its modes: {', '.join(modes) or 'none'}), so no frames to record"
+    env = gym.make(env_id, render_mode="rgb_array")
+    try:
+        env.reset(seed=0)
+        env.render()
+    except (gym.error.DependencyNotInstalled, ImportError) as e:
+        return f"{game} cannot render here: {str(e).splitlines()[0] if str(e) else type(e).__name__}"
+    finally:
+        env.close()
+    return None
+
+
+class _RenderRecorder:
+    """Films env 0 of a :class:`GymEnv` through a twin made with ``render_mode="rgb_array"``:
+    seeded as env 0 (gymnasium seeds env i of ``reset(seed)`` with ``seed + i``) and stepped with
+    env 0's actions, it replays env 0's episode and renders it, so the batch never renders (a
+    vector env autoresets in the step, and would show the next episode's first screen instead of
+    the last one). Each step's observation, reward and end are checked against env 0's, so a twin
+    that drifted raises rather than filming another episode."""
+
+    def __init__(self, game: str, seed: int):
+        self._env = gym.make(game.removeprefix("gym:"), render_mode="rgb_array")
+        self.fps = float(self._env.metadata.get("render_fps") or 30)
+        self._env.reset(seed=int(seed))
+
+    def frame(self, action: int, step: EnvStep) -> np.ndarray:
+        obs, rew, term, trunc, _ = self._env.step(action)
+        done = bool(term or trunc)
+        same = (float(rew) == float(step.reward[0]) and done == bool(step.done[0])
+                and np.allclose(np.asarray(obs, np.float64), step.final_obs[0].cpu().double().numpy()))  # fmt: skip
+        if not same:
+            raise RuntimeError(f"the render twin drifted from env 0 (reward {float(rew)} vs {float(step.reward[0])}, "
+                               f"done {done} vs {bool(step.done[0])})")  # fmt: skip
+        return np.asarray(self._env.render(), np.uint8)
+
+    def close(self) -> None:
+        self._env.close()
+
+
 class GymEnv:
     def __init__(self, game: str, num_envs: int, device: torch.device = torch.device("cpu")):
         env_id = game.removeprefix("gym:")
@@ -88,6 +136,10 @@ class GymEnv:
             i += 1
 
         return step
+
+    def recorder(self, seed: int) -> _RenderRecorder:
+        """--capture-video (:class:`envs.base.Recorder`): env 0 through gymnasium's rgb_array render."""
+        return _RenderRecorder(self.spec.game, seed)
 
     def close(self) -> None:
         self._env.close()

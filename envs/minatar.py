@@ -71,6 +71,45 @@ def env_seeds(seed: int, num_envs: int) -> list[int]:
     return [int(s) for s in np.random.SeedSequence(int(seed)).generate_state(num_envs, np.uint32)]
 
 
+VIDEO_SCALE = 16  # --capture-video: a board cell becomes 16x16 pixels (a 160x160 clip)
+VIDEO_FPS = 20.0  # minatar's Environment.display_state(time=50): 50 ms a frame
+
+
+def palette(num_channels: int) -> np.ndarray:
+    """``[C + 1, 3]`` uint8: MinAtar's own colours (``minatar/gui.py``, ``display_state``): black for
+    an empty cell, then ``seaborn.color_palette("cubehelix", C)``, channel c drawn in colour c + 1.
+    That palette samples matplotlib's ``cubehelix`` map at C interior points, which is what this
+    computes, without importing seaborn (tests/test_video.py checks the two agree)."""
+    import matplotlib
+
+    cols = matplotlib.colormaps["cubehelix"](np.linspace(0, 1, num_channels + 2)[1:-1])[:, :3]  # [C, 3]
+    return np.round(np.concatenate([np.zeros((1, 3)), cols]) * 255).astype(np.uint8)
+
+
+def render_board(board: np.ndarray, colours: np.ndarray, scale: int = VIDEO_SCALE) -> np.ndarray:
+    """``[C, 10, 10]`` bool board -> ``[10 scale, 10 scale, 3]`` uint8 image, nearest-neighbour. A
+    cell takes the colour of its highest set channel, as minatar draws it (``amax(state * (c + 1))``)."""
+    c = board.shape[0]
+    idx = (board * np.arange(1, c + 1).reshape(c, 1, 1)).max(0)  # [10, 10] 0: empty
+    return colours[idx].repeat(scale, 0).repeat(scale, 1)
+
+
+class _BoardRecorder:
+    """Films env 0 from the observations alone: a MinAtar observation is the whole board."""
+
+    fps = VIDEO_FPS
+
+    def __init__(self, num_channels: int):
+        self._colours = palette(num_channels)
+
+    def frame(self, action: int, step: EnvStep) -> np.ndarray:
+        # final_obs[0] is env 0's board after the step whether or not its episode ended (step()).
+        return render_board(step.final_obs[0].cpu().numpy(), self._colours)
+
+    def close(self) -> None:
+        pass
+
+
 class MinAtarEnv:
     def __init__(
         self,
@@ -183,6 +222,10 @@ class MinAtarEnv:
             i += 1
 
         return step
+
+    def recorder(self, seed: int) -> _BoardRecorder:
+        """--capture-video (:class:`envs.base.Recorder`): env 0's board, in MinAtar's colours."""
+        return _BoardRecorder(self.spec.obs_shape[0])
 
     def close(self) -> None:
         self._envs = []

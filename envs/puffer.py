@@ -87,6 +87,12 @@ REFUSED.update({
 })
 
 
+# --capture-video: every Ocean game of this build draws only into a raylib window (c_render opens
+# one with InitWindow; the binding's vec_render returns None), and none renders to an array.
+VIDEO_REFUSAL = ("PufferLib Ocean envs render only into a raylib window (c_render; vec_render returns no "
+                 "array), so there are no frames to record")
+
+
 def refusal(game: str) -> str | None:
     """Why ``game`` is refused (None: it is accepted or unknown)."""
     return REFUSED.get(game)

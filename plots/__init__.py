@@ -9,6 +9,8 @@
 * :mod:`plots.references`: published scores drawn on the figures when the game matches;
 * :mod:`plots.figures`: one paper style, one colour per agent, each figure a small function
   drawing precomputed numbers on an ``ax``;
-* :mod:`plots.report`: ties them together for ``bench report`` (figures/, summary.md,
-  summary.json).
+* :mod:`plots.report`: ties them together for ``bench report`` (figures/); its writers
+  :mod:`plots.report_md` (summary.md), :mod:`plots.report_json` (summary.json) and
+  :mod:`plots.report_html` (index.html, one self-contained page) lay out the tables of
+  :mod:`plots.report_tables`.
 """

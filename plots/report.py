@@ -1,8 +1,12 @@
-"""``bench report``: run folders -> ``figures/``, ``summary.md``, ``summary.json``, ``runs.csv``.
+"""``bench report``: run folders -> ``figures/``, ``summary.md``, ``summary.json``, ``index.html``,
+``runs.csv``.
 
 :func:`compute` turns loaded runs into a :class:`Numbers` record (no matplotlib), :func:`draw`
-turns that into figures, :func:`summary_md` / :func:`summary_json` into the tables. Definitions
-the report states in its header:
+turns that into figures (:func:`figure_caption` says how to read each). Writers are modules of
+their own, each with ``render(num, out) -> str`` and one line in :func:`build_report`:
+:mod:`plots.report_md` (summary.md), :mod:`plots.report_json` (summary.json),
+:mod:`plots.report_html` (index.html, one self-contained page); the tables they share are laid
+out once in :mod:`plots.report_tables`. Definitions the report states in its header:
 
 * a run's **final score** is the mean return of its last N training episodes (N = 100 unless
   ``--last-episodes`` says otherwise), or its last evaluation score when every run of that game
@@ -24,7 +28,6 @@ import re
 from collections import defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 
@@ -32,8 +35,8 @@ from bench.errors import UserError
 from plots import stats
 from plots.load import Run, load_runs, tidy
 from plots.normalize import normalizer
-from plots.references import REFERENCES, Reference, references_for
-from plots.stats import AGGREGATE_NAMES, AGGREGATES, Curve, Estimate
+from plots.references import Reference, references_for
+from plots.stats import Curve, Estimate
 
 AXES = {  # key: (metric column, panel title, x label, tick kind)
     "wall": ("wall_s", "vs training wall clock", "training wall clock", "time"),
@@ -112,6 +115,7 @@ class Numbers:
     sweep_skipped: dict[str, str]
     figures: list[Path] = field(default_factory=list)
     figures_skipped: dict[str, str] = field(default_factory=dict)
+    code_differed: list[tuple[Path, str]] = field(default_factory=list)  # (run folder, why): not a clean commit
 
 
 # Numbers -----------------------------------------------------------------------------------
@@ -158,6 +162,51 @@ def inactive_option_notes(runs: list[Run]) -> list[str]:
         found[(r.label, r.game)].update(r.config.get("inactive_options") or [])
     return [f"{lab} on {g}: options with no effect on this game's observations: {', '.join(sorted(names))} "
             "(config.json inactive_options)" for (lab, g), names in sorted(found.items()) if names]  # fmt: skip
+
+
+def tuned_preset_notes(runs: list[Run]) -> list[str]:
+    """One note per label saying which ran a tuned preset (config.json ``preset``, from ``bench
+    tune``) and with what tuning budget, when any run did; labels without one are named too, so
+    "tuned vs untuned" is never read as an equal-tuning comparison."""
+    from bench.preset import Preset
+
+    found: dict[str, set[str]] = defaultdict(set)
+    untuned: set[str] = set()
+    for r in runs:
+        rec = r.config.get("preset")
+        if not isinstance(rec, dict):
+            untuned.add(r.label)
+            continue
+        pre = Preset(path=str(rec.get("file")), agent=str(rec.get("agent")), values=rec.get("values") or {},
+                     tune=rec.get("tuning") or {})  # fmt: skip
+        values = ", ".join(f"{k}={v:.3g}" if isinstance(v, float) else f"{k}={v}" for k, v in pre.values.items())
+        over = [k for k, v in pre.values.items() if k in r.agent_config and r.agent_config[k] != v]
+        over_txt = f"; given explicitly instead: {', '.join(over)}" if over else ""
+        found[r.label].add(f"{pre.path} ({pre.budget_text()}; {values}{over_txt})")
+    if not found:
+        return []
+    notes = [f"{lab}: tuned preset {'; '.join(sorted(v))}" for lab, v in sorted(found.items())]
+    notes += [f"{lab}: no tuned preset (the agent's defaults and family presets)" for lab in sorted(untuned - set(found))]
+    return notes
+
+
+def code_differences(runs: list[Run]) -> list[tuple[Path, str]]:
+    """(run folder, why) for each run whose code was not a clean commit: config.json
+    ``fingerprint.git_commit`` ends in ``-dirty`` (uncommitted changes when it started), or the
+    folder holds a ``code.diff`` (the harness's copy of those changes). Their commit alone does
+    not reproduce their numbers, so the report lists them."""
+    out = []
+    for r in runs:
+        why = []
+        commit = str(r.fingerprint.get("git_commit") or "")
+        if commit.endswith("-dirty"):
+            why.append(f"git_commit {commit}: uncommitted changes")
+        diff = r.path / "code.diff"
+        if diff.is_file():
+            why.append(f"{diff.name} in the run folder ({diff.stat().st_size:,} bytes)")
+        if why:
+            out.append((r.path, "; ".join(why)))
+    return out
 
 
 def has_eval(run: Run) -> bool:
@@ -250,6 +299,7 @@ def compute(runs: list[Run], skipped: list[tuple[Path, str]], opts: Options) -> 
         if warning:
             notes.append(warning)
     notes += inactive_option_notes(runs)
+    notes += tuned_preset_notes(runs)
 
     # Per (label, game) rows.
     rows: list[GroupRow] = []
@@ -333,7 +383,7 @@ def compute(runs: list[Run], skipped: list[tuple[Path, str]], opts: Options) -> 
                    mixed=mixed, notes=notes, agg_games=agg_games, aggregates=aggregates, profiles=profiles, poi=poi,
                    curves=curves, curve_runs=curve_runs, curve_missing=curve_missing, curve_log=curve_log,
                    agg_curves=agg_curves, agg_log=agg_log,
-                   sweeps=sweeps, sweep_skipped=sweep_skipped)  # fmt: skip
+                   sweeps=sweeps, sweep_skipped=sweep_skipped, code_differed=code_differences(runs))  # fmt: skip
 
 
 def _pct(x: float) -> str:
@@ -624,7 +674,7 @@ def draw(num: Numbers, fig_dir: Path) -> list[Path]:
 
         order = num.labels
         per_label = {lab: [r for r in num.runs if r.label == lab] for lab in order}
-        fig, axes = F.new_figure(3, panel_w=3.0, panel_h=0.45 * len(order) + 1.3)
+        fig, axes = F.new_figure(4, panel_w=3.0, panel_h=0.45 * len(order) + 1.3)
         phases = {lab: {p: _mean([r.phase_s[p] for r in rs]) for p in ("env", "act", "learn", "eval")}
                   for lab, rs in per_label.items()}  # fmt: skip
         F.draw_phases(axes[0][0], phases, order, colors)
@@ -632,10 +682,61 @@ def draw(num: Numbers, fig_dir: Path) -> list[Path]:
                             "training throughput", "env steps per second (SPS)", log=True)  # fmt: skip
         F.draw_per_run_bars(axes[0][2], {lab: [r.train_flops for r in rs] for lab, rs in per_label.items()}, order,
                             colors, "training compute", "training FLOPs (estimate)", log=True)  # fmt: skip
+        # MFU: meter FLOPs (matmuls and convolutions only) per second over the machine's calibrated
+        # matmul peak for the run's dtype; bars the whole run, crosses the learn phase alone.
+        F.draw_per_run_bars(axes[0][3], {lab: [100 * r.mfu.get("mfu", math.nan) for r in rs]
+                                         for lab, rs in per_label.items()}, order, colors,
+                            "model FLOP utilisation", "MFU, % of matmul peak (x: learn phase)")  # fmt: skip
+        for i, lab in enumerate(order):
+            learn = [100 * r.mfu.get("mfu_learn", math.nan) for r in per_label[lab]]
+            learn = [x for x in learn if math.isfinite(x)]
+            if learn:
+                axes[0][3].plot(learn, [i] * len(learn), "x", ms=5, color="k")
         fig.suptitle(f"compute per agent (all games, mean over runs; dots: runs){mark}", y=1.02)
         fig.tight_layout()
         written += F.save(fig, fig_dir / "compute", formats)
     return written
+
+
+FIGURE_CAPTIONS = {  # figure name -> one line on how to read it ({n}: --last-episodes)
+    "curves": "Learning curves on {game}: return (mean of the last {n} training episodes; IQM over seeds, shaded "
+              "95% CI) against training wall clock (left: which agent learns faster per second), env frames "
+              "(middle: sample efficiency) and gradient samples (right: return per unit of learning); dotted "
+              "where some runs have ended; grey lines are published references.",
+    "curves_aggregate": "The same three views for the normalised score across games (IQM over runs and games; "
+                        "1 = the human or reference score, 0 = random): higher, and earlier on the x axis, is "
+                        "better.",
+    "final_vs_reuse": "Final score (IQM, bars: 95% CI) of each agent setting against its sample-reuse ratio "
+                      "(gradient samples per env step, log2 axis); one line per agent, n = runs per point, "
+                      "horizontal bars: the measured range; a rising line means more reuse paid off.",
+    "final_vs_horizon": "Final score (IQM, bars: 95% CI) against the bootstrap horizon in env steps (PPO's "
+                        "rollout segment, Rainbow/BTR's n-step return; log2 axis); one line per agent, n = runs "
+                        "per point.",
+    "aggregate_intervals": "Normalised final scores across games: IQM, median, mean and optimality gap per "
+                           "agent; the bar spans the 95% stratified-bootstrap CI, the black tick is the point "
+                           "estimate; higher is better except for the optimality gap, and overlapping bars do "
+                           "not separate two agents.",
+    "performance_profile": "Fraction of runs whose normalised final score exceeds each threshold tau (shaded: "
+                           "95% CI); a curve that lies above another everywhere is better at every score level.",
+    "probability_of_improvement": "P(X > Y): the chance that a run of X scores above a run of Y on a game drawn "
+                                  "at random (normalised scores); the dashed line at 0.5 is no difference, the "
+                                  "bar spans the 95% CI, and a bar clear of 0.5 is a difference.",
+    "compute": "Per agent over all games (bars: mean over runs, dots: single runs): seconds per phase (env / act "
+               "/ learn / eval, stacked), throughput in env steps per second, estimated training FLOPs, and MFU, "
+               "the share of the machine's calibrated matmul peak (bars: whole run, crosses: learn phase alone); "
+               "log axes where values span more than 100x.",
+}  # fmt: skip
+
+
+def figure_caption(name: str, num: Numbers) -> str:
+    """How to read the figure :func:`draw` saved as ``name`` (a file stem), in one line; "" for a
+    name :func:`draw` does not make."""
+    games = {f"curves_{_slug(g)}": g for g in num.games}
+    if name in FIGURE_CAPTIONS:
+        return FIGURE_CAPTIONS[name].format(n=num.opts.last_episodes)
+    if name in games:
+        return FIGURE_CAPTIONS["curves"].format(game=games[name], n=num.opts.last_episodes)
+    return ""
 
 
 def _runs_in(num: Numbers, label: str, games: list[str]) -> int:
@@ -674,153 +775,6 @@ def fmt_est(e: Estimate, n_runs: int) -> str:
     return f"{fmt(e.point)} [{fmt(e.lo)}, {fmt(e.hi)}]"
 
 
-def _md_table(header: list[str], rows: list[list[str]]) -> list[str]:
-    out = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
-    out += ["| " + " | ".join(c.replace("|", "/") for c in row) + " |" for row in rows]
-    return out + [""]
-
-
-def summary_md(num: Numbers, out: Path) -> str:
-    o = num.opts
-    n_ok = sum(r.status == "ok" for r in num.runs)
-    L = ["# onoff-bench report", ""]
-    if num.mixed:
-        L += ["> **MIXED**: pooled with `--allow-mixed` although the runs are not comparable:", ">"]
-        L += [f"> - {m}" for m in num.mixed] + [""]
-    n_failed = sum(r.status == "failed" for r in num.runs)
-    n_incomplete = sum(r.status == "incomplete" for r in num.runs)
-    L += [(f"{len(num.runs)} runs ({n_ok} finished, {n_failed} failed, {n_incomplete} incomplete), "
-           f"{len(num.labels)} agents, {len(num.games)} games."), ""]  # fmt: skip
-    if o.command:
-        L += [f"Command: `{o.command}`", ""]
-    definitions = (
-        "**Definitions.** "
-        f"Final score: mean return of the last {o.last_episodes} training episodes of a run (full games, raw "
-        "rewards), or its last evaluation score where every run of the game was evaluated (score source: "
-        f"`{o.score}`). Aggregates are interquartile means (IQM) over runs with 95% percentile stratified-bootstrap "
-        f"confidence intervals (rliable; {o.reps} draws, seed {o.seed}); a single seed has no CI and the tables "
-        "say so. Normalised scores: human-normalised for Atari-57 games, min-max against a stated reference "
-        "otherwise (see below). Learning curves: the same last-episodes mean after every metric row, resampled "
-        "step-wise onto a common grid, never beyond a run's end."
-    )
-    L += [definitions, ""]
-
-    L += ["## Final score per agent and game", ""]
-    body = []
-    for row in num.rows:
-        statuses = _status_counts(row.runs)
-        body.append([row.label, row.game, f"{len(row.runs)} ({statuses})", row.source,
-                     fmt_est(row.final, row.scored), fmt_est(row.normalized, row.scored)])  # fmt: skip
-    L += _md_table(
-        ["agent", "game", "runs", "score", "final score IQM [95% CI]", "normalised IQM [95% CI]"], body
-    )
-
-    if num.aggregates:
-        what = f"suite {num.opts.suite}: {len(num.agg_games)} games" if num.opts.suite else "games"
-        L += [f"## Aggregate over {what} ({', '.join(num.agg_games)}), normalised", ""]
-        body = [[lab] + [fmt_est(num.aggregates[lab][k], _runs_in(num, lab, num.agg_games)) for k in AGGREGATES]
-                for lab in sorted(num.aggregates)]  # fmt: skip
-        L += _md_table(["agent"] + [AGGREGATE_NAMES[k] + " [95% CI]" for k in AGGREGATES], body)
-        L += ["Optimality gap: how far below a normalised score of 1 the runs fall on average (lower is better).",
-              ""]  # fmt: skip
-        L += ["Normalisation (score - lo) / (hi - lo) per game:", ""]
-        for g in num.agg_games:
-            n = normalizer(g, _family(num.runs, g))
-            L.append(f"- {g}: {n.kind}, lo {n.lo:g}, hi {n.hi:g} ({n.source})")
-        L.append("")
-    if num.poi:
-        L += ["## Probability of improvement", ""]
-        body = [[f"P({x} > {y})", fmt_est(e, 2 if e.has_ci else 1)] for x, y, e in num.poi]
-        L += _md_table(["pair", "estimate [95% CI]"], body)
-
-    L += ["## Compute", ""]
-    body = []
-    for row in num.rows:
-        ph = row.phase_s
-        body.append([row.label, row.game, fmt(row.env_steps), fmt(row.frames), fmt(row.wall_s), fmt(row.sps),
-                     fmt(row.grad_samples), fmt(row.reuse_ratio), fmt(row.train_flops),
-                     " / ".join(_pct(row.mfu.get(k, math.nan)) for k in ("mfu", "mfu_learn")),
-                     " / ".join(fmt(ph[p]) for p in ("env", "act", "learn", "eval")),
-                     "n/a" if row.horizon is None else fmt(row.horizon)])  # fmt: skip
-    L += _md_table(["agent", "game", "env steps", "frames", "wall clock s", "SPS", "grad samples", "reuse ratio",
-                    "train FLOPs", "MFU run / learn", "s env / act / learn / eval", "bootstrap horizon"], body)  # fmt: skip
-    L += [("Means over runs. Wall clock is training time (evaluation excluded); SPS = env steps / wall clock; "
-           "reuse ratio = gradient samples / env steps; FLOPs are the meter's per-sample estimates times the "
-           "samples taken. MFU (model FLOP utilisation) = those FLOPs per second over the machine's calibrated "
-           "float32 matmul peak (bench/peak.py), for the whole run and for its learn phase; it counts only "
-           "matmuls and convolutions, so a small network bound by per-op overhead shows a low MFU (n/a: run "
-           "made before MFU was recorded)."), ""]  # fmt: skip
-
-    L += ["## Protocol and hardware", ""]
-    body = []
-    seen = set()
-    for r in num.runs:
-        key = (r.game, r.protocol_id, r.hardware)
-        if key in seen:
-            continue
-        seen.add(key)
-        p = r.protocol
-        card = ", ".join(f"{k}={p[k]}" for k in ("sticky_actions", "life_loss", "episode_cap", "action_set")
-                         if k in p)  # fmt: skip
-        n = sum(1 for x in num.runs if (x.game, x.protocol_id, x.hardware) == key)
-        fp = r.fingerprint
-        sw = ", ".join(
-            f"{k} {fp[k]}" for k in ("torch", "cuda", "ale_py", "pufferlib", "numpy", "python") if fp.get(k)
-        )
-        body.append([r.game, f"{r.protocol_name}#{r.protocol_id}", f"frameskip={r.env.get('frameskip')}, {card}",
-                     r.hardware, sw, str(n)])  # fmt: skip
-    L += _md_table(["game", "protocol", "card", "hardware", "software", "runs"], body)
-
-    L += ["## Normalisation references", ""]
-    body = []
-    for g in num.games:
-        nz = normalizer(g, _family(num.runs, g))
-        body.append([g, nz.kind if nz else "none", f"{nz.lo:g} -> 0, {nz.hi:g} -> 1" if nz else "raw only",
-                     nz.source if nz else ""])  # fmt: skip
-    L += _md_table(["game", "kind", "map", "source"], body)
-
-    refs = [ref for ref in REFERENCES if ref.game in num.games]
-    if refs:
-        L += ["## Published reference points (drawn on the figures)", ""]
-        body = [
-            [ref.game, ref.name, fmt(ref.score), fmt(ref.env_steps), ref.protocol, ref.source] for ref in refs
-        ]
-        L += _md_table(["game", "reference", "score", "env steps", "protocol", "source"], body)
-
-    bad = [r for r in num.runs if r.status != "ok" or r.notes]
-    L += ["## Runs that did not finish cleanly", ""]
-    if bad or num.skipped:
-        body = [[str(r.path), r.label, r.game, str(r.seed), r.status, "; ".join(filter(None, [r.reason, *r.notes])),
-                 f"{fmt(r.total('env_steps'))} of {r.budget}"] for r in bad]  # fmt: skip
-        body += [[str(p), "?", "?", "?", "damaged" if why.startswith("damaged") else "skipped", why, ""]
-                 for p, why in num.skipped]  # fmt: skip
-        L += _md_table(["run", "agent", "game", "seed", "status", "why", "reached"], body)
-        L += [
-            "Incomplete and failed runs are included in every table and figure with the data they have; "
-            "damaged and skipped folders are in none.",
-            "",
-        ]
-    else:
-        L += ["None: every run has its `done` marker.", ""]
-    if num.notes:
-        L += ["## Notes", ""] + [f"- {n}" for n in num.notes] + [""]
-
-    L += ["## Figures", ""]
-    stems = list(dict.fromkeys(p.with_suffix("") for p in num.figures))
-    for stem in stems:
-        rel = stem.relative_to(out)
-        links = ", ".join(
-            f"[{p.suffix[1:]}]({p.relative_to(out)})" for p in num.figures if p.with_suffix("") == stem
-        )
-        L += [f"- {stem.name}: {links}", ""]
-        if any(p.suffix == ".png" and p.with_suffix("") == stem for p in num.figures):
-            L += [f"  ![{stem.name}]({rel}.png)", ""]
-    for name, why in num.figures_skipped.items():
-        L += [f"- {name}: not drawn ({why})"]
-    L += [""]
-    return "\n".join(L)
-
-
 def _status_counts(runs: list[Run]) -> str:
     c = defaultdict(int)
     for r in runs:
@@ -828,96 +782,29 @@ def _status_counts(runs: list[Run]) -> str:
     return ", ".join(f"{v} {k}" for k, v in sorted(c.items()))
 
 
-def _clean(v: Any) -> Any:
-    if isinstance(v, float):
-        return v if math.isfinite(v) else None
-    if isinstance(v, (np.floating, np.integer)):
-        return _clean(v.item())
-    if isinstance(v, np.ndarray):
-        return [_clean(x) for x in v.tolist()]
-    if isinstance(v, Estimate):
-        return {"point": _clean(v.point), "lo": _clean(v.lo), "hi": _clean(v.hi)}
-    if isinstance(v, dict):
-        return {str(k): _clean(x) for k, x in v.items()}
-    if isinstance(v, (list, tuple)):
-        return [_clean(x) for x in v]
-    if isinstance(v, Path):
-        return str(v)
-    return v
+# Writers: each output format is its own module with ``render(num, out) -> str``; these names stay
+# here so that ``from plots.report import summary_md`` keeps working.
 
 
-def _curve_json(c: Curve) -> dict:
-    return {"x": c.grid, "iqm": c.iqm, "ci_lo": c.lo, "ci_hi": c.hi, "n": c.n}
+def summary_md(num: Numbers, out: Path) -> str:
+    """``summary.md`` (:mod:`plots.report_md`)."""
+    from plots.report_md import summary_md as md
+
+    return md(num, out)
 
 
 def summary_json(num: Numbers, out: Path) -> dict:
-    o = num.opts
-    runs = []
-    for r in num.runs:
-        s = num.scores[r.path]
-        runs.append({"path": r.path, "agent": r.agent, "label": r.label, "game": r.game, "seed": r.seed,
-                     "status": r.status, "reason": r.reason, "notes": r.notes,
-                     "protocol": f"{r.protocol_name}#{r.protocol_id}", "hardware": r.hardware,
-                     "final_score": s.final, "score_source": s.source, "score_episodes": s.episodes,
-                     "normalized_score": s.normalized, "env_steps": r.total("env_steps"), "frames": r.total("frames"),
-                     "grad_samples": r.total("grad_samples"), "reuse_ratio": r.total("reuse_ratio"),
-                     "wall_s": r.total("wall_s"), "sps": r.sps, "train_flops": r.train_flops, "phase_s": r.phase_s,
-                     "bootstrap_horizon": r.horizon, "agent_config": r.agent_config})  # fmt: skip
-    rows = [{"label": x.label, "game": x.game, "runs": len(x.runs), "scored_runs": x.scored, "score_source": x.source,
-             "final_score_iqm": x.final, "normalized_iqm": x.normalized, "sps": x.sps, "reuse_ratio": x.reuse_ratio,
-             "wall_s": x.wall_s, "env_steps": x.env_steps, "frames": x.frames, "grad_samples": x.grad_samples,
-             "train_flops": x.train_flops, "mfu": x.mfu.get("mfu"), "mfu_learn": x.mfu.get("mfu_learn"),
-             "bootstrap_horizon": x.horizon, "phase_s": x.phase_s,
-             "statuses": _status_counts(x.runs)} for x in num.rows]  # fmt: skip
-    doc = {
-        "schema": 1,
-        "settings": {
-            "last_episodes": o.last_episodes,
-            "score": o.score,
-            "reps": o.reps,
-            "seed": o.seed,
-            "ci": stats.CI_SIZE,
-            "grid_points": o.grid_points,
-            "allow_mixed": o.allow_mixed,
-            "command": o.command,
-        },
-        "mixed": num.mixed,
-        "notes": num.notes,
-        "skipped": [{"path": p, "reason": why} for p, why in num.skipped],
-        "runs": runs,
-        "per_agent_game": rows,
-        "suite": o.suite,
-        "aggregate_games": num.agg_games,
-        "normalization": {g: {"kind": n.kind, "lo": n.lo, "hi": n.hi, "source": n.source}
-                          for g in num.agg_games for n in [normalizer(g, _family(num.runs, g))]},
-        "aggregates": num.aggregates,
-        "probability_of_improvement": [{"x": x, "y": y, "estimate": e} for x, y, e in num.poi],
-        "performance_profiles": {
-            lab: {"tau": c.grid, "fraction": c.iqm, "ci_lo": c.lo, "ci_hi": c.hi}
-            for lab, c in num.profiles.items()
-        },
-        "curves": {
-            g: {a: {lab: _curve_json(c) for lab, c in d.items()} for a, d in ax.items()}
-            for g, ax in num.curves.items()
-        },
-        "aggregate_curves": {
-            a: {lab: _curve_json(c) for lab, c in d.items()} for a, d in num.agg_curves.items()
-        },
-        "sweeps": {
-            k: {
-                t: [
-                    {"label": p.label, "agent": p.series, "x": p.x, "x_min": p.x_lo, "x_max": p.x_hi, "final": p.y, "runs": p.n}
-                    for p in pts
-                ]
-                for t, pts in panels.items()
-            }
-            for k, panels in num.sweeps.items()
-        },
-        "references": [ref.__dict__ for ref in REFERENCES if ref.game in num.games],
-        "figures": [p.relative_to(out) for p in num.figures],
-        "figures_skipped": num.figures_skipped,
-    }
-    return _clean(doc)
+    """``summary.json`` as a dict (:mod:`plots.report_json`)."""
+    from plots.report_json import summary_json as js
+
+    return js(num, out)
+
+
+def summary_html(num: Numbers, out: Path) -> str:
+    """``index.html`` (:mod:`plots.report_html`)."""
+    from plots.report_html import page
+
+    return page(num, out)
 
 
 # Entry point -------------------------------------------------------------------------------
@@ -934,11 +821,17 @@ def build_report(paths: list[str | Path], opts: Options) -> tuple[Numbers, list[
         raise UserError(f"--out {out}: cannot create the report folder ({e.strerror or e})") from None
     num.figures = draw(num, out / "figures")
     files = list(num.figures)
-    (out / "summary.md").write_text(summary_md(num, out))
-    (out / "summary.json").write_text(json.dumps(summary_json(num, out), indent=1) + "\n")
+    from plots import report_html, report_json, report_md
+
+    # One line per output format; each writer is a module with render(num, out) -> str.
+    writers = {"summary.md": report_md.render, "summary.json": report_json.render, "index.html": report_html.render}
+    for name, render in writers.items():
+        (out / name).write_text(render(num, out), encoding="utf-8")
+        files.append(out / name)
     tidy(runs).to_csv(out / "runs.csv", index=False)
-    files += [out / "summary.md", out / "summary.json", out / "runs.csv"]
+    files.append(out / "runs.csv")
     return num, files
 
 
-__all__ = ["Numbers", "Options", "Reference", "build_report", "compute", "draw", "summary_json", "summary_md"]
+__all__ = ["Numbers", "Options", "Reference", "build_report", "compute", "draw", "figure_caption", "summary_html",
+           "summary_json", "summary_md"]  # fmt: skip

@@ -502,6 +502,149 @@ def test_state_dict_roundtrip_resumes_identically():
     assert ma == mb
 
 
+# -- LSTM: exact and fused training unrolls ------------------------------------------------------------
+
+
+def _exact_and_fused(**kw) -> tuple[ppo.Agent, ppo.Agent]:
+    """Two LSTM agents alike but for ``lstm_unroll``; the same seed gives them the same parameters."""
+    kw = {"N": 4, "T": 6, "lstm_hidden": 8, "lr": 1e-3, **kw}
+    torch.manual_seed(0)
+    exact = make_agent(**kw)
+    torch.manual_seed(0)
+    fused = make_agent(lstm_unroll="fused", **kw)
+    for p, q in zip(exact.net.parameters(), fused.net.parameters(), strict=True):
+        assert torch.equal(p, q)
+    return exact, fused
+
+
+def _training_forward(agent: ppo.Agent) -> tuple[torch.Tensor, torch.Tensor]:
+    """The update's forward pass over the stored rollout, all segments at once: logits, values."""
+    starts = torch.zeros_like(agent.dones)  # [T, N] as _targets builds them
+    starts[1:] = agent.dones[:-1]
+    with torch.no_grad():
+        logits, values, _ = agent.net.unroll(agent.obs, (agent.h0, agent.c0), starts)
+    return logits, values
+
+
+def _same_rollout(agents: tuple[ppo.Agent, ...], obs: torch.Tensor, steps: list[EnvStep], seed: int) -> None:
+    for a in agents:
+        torch.manual_seed(seed)  # the same action draws
+        feed(a, obs, steps)
+
+
+# Tolerance 1e-5 where no episode ends inside a segment: the two unrolls compute the same function
+# in float32, the fused one in oneDNN's kernel (all input projections in one matmul, then the
+# recurrence) and the cell step by step, so they differ by summation order, ~1e-7 at these sizes
+# (measured). An Adam step turns a gradient difference d into a step difference of at most lr * d /
+# eps (1e-3 * 1e-7 / 1e-5 = 1e-5 where a gradient is near 0, much less elsewhere), over 2 x 2 steps.
+ATOL_FUSED = 1e-5
+
+
+def test_fused_lstm_matches_exact_without_episode_ends_inside_segments():
+    exact, fused = _exact_and_fused()
+    obs, steps = torch.randn(4, 3), scripted_steps(4, 6, seed=3)  # no episode ends
+    _same_rollout((exact, fused), obs, steps, seed=1)
+    torch.testing.assert_close(fused.logits, exact.logits, rtol=0, atol=0)  # acting is the same cell
+    for agent in (exact, fused):  # both training passes reproduce acting
+        logits, values = _training_forward(agent)
+        torch.testing.assert_close(logits, agent.logits, rtol=0, atol=ATOL_FUSED)
+        torch.testing.assert_close(values, agent.values, rtol=0, atol=ATOL_FUSED)
+    before = [p.detach().clone() for p in exact.net.parameters()]
+    torch.manual_seed(2)  # the same minibatch shuffles
+    m_exact = exact.update()
+    torch.manual_seed(2)
+    m_fused = fused.update()
+    assert m_exact["grad_steps"] == m_fused["grad_steps"] == 4
+    for (name, p), q, b in zip(exact.net.named_parameters(), fused.net.parameters(), before, strict=True):
+        torch.testing.assert_close(q, p, rtol=0, atol=ATOL_FUSED, msg=name)
+        assert not torch.equal(p, b), name  # the update moved every parameter, the LSTM's included
+    # A second rollout starts from the carried, non-zero state: the fused pass starts from the same
+    # stored segment-start state.
+    _same_rollout((exact, fused), steps[-1].obs, scripted_steps(4, 6, seed=4), seed=5)
+    assert exact.h0.abs().sum(-1).gt(0).all()
+    torch.testing.assert_close(fused.h0, exact.h0, rtol=0, atol=ATOL_FUSED)
+    torch.testing.assert_close(_training_forward(fused)[0], fused.logits, rtol=0, atol=ATOL_FUSED)
+    torch.manual_seed(6)
+    exact.update()
+    torch.manual_seed(6)
+    fused.update()
+    for (name, p), q in zip(exact.net.named_parameters(), fused.net.parameters(), strict=True):
+        torch.testing.assert_close(q, p, rtol=0, atol=ATOL_FUSED, msg=name)
+
+
+def test_fused_lstm_keeps_memory_across_an_episode_end():
+    # Env 1 terminates at step 2. Exact restarts it from a zero state at step 3; fused (PufferLib's
+    # way) carries the old episode's state on, in acting and in training alike: each mode's
+    # training pass reproduces its own acting, and the two modes part from step 3 of env 1 only.
+    exact, fused = _exact_and_fused()
+    torch.manual_seed(3)
+    obs = torch.randn(4, 3)
+    steps = [fake_step(4, reward=torch.randn(4), term=(1,) if t == 2 else ()) for t in range(6)]
+    _same_rollout((exact, fused), obs, steps, seed=1)
+    for agent in (exact, fused):
+        logits, values = _training_forward(agent)
+        torch.testing.assert_close(logits, agent.logits, rtol=0, atol=ATOL_FUSED)
+        torch.testing.assert_close(values, agent.values, rtol=0, atol=ATOL_FUSED)
+    other = torch.ones(6, 4, dtype=torch.bool)  # [T, N] steps the episode end does not reach
+    other[3:, 1] = False
+    torch.testing.assert_close(fused.logits[other], exact.logits[other], rtol=0, atol=ATOL_FUSED)
+    gap = (fused.logits[3:, 1] - exact.logits[3:, 1]).abs().amax(-1)  # [3] per step after the end
+    assert (gap > 1e-4).all(), gap  # far above the rounding tolerance, at every step after the end
+    assert ((fused.values[3:, 1] - exact.values[3:, 1]).abs() > 1e-4).all()
+    torch.manual_seed(2)
+    exact.update()
+    torch.manual_seed(2)
+    fused.update()
+    diff = max((p - q).abs().max().item() for p, q in zip(exact.net.parameters(), fused.net.parameters()))
+    assert diff > 10 * ATOL_FUSED, diff
+
+
+def test_fused_lstm_shares_the_cells_weights():
+    exact, fused = _exact_and_fused()
+    cell, seq = fused.net.lstm, fused.net.lstm_seq
+    for name in ("weight_ih", "weight_hh", "bias_ih", "bias_hh"):
+        assert getattr(seq, f"{name}_l0") is getattr(cell, name)
+    assert exact.net.lstm_seq is None
+    # One set of weights: the optimiser holds as many as the exact mode's; the exact mode's
+    # checkpoint keys are unchanged, the fused one adds the aliases.
+    n = [sum(p.numel() for g in a.opt.param_groups for p in g["params"]) for a in (exact, fused)]
+    assert n[0] == n[1]
+    keys_e, keys_f = set(exact.net.state_dict()), set(fused.net.state_dict())
+    assert "lstm.weight_ih" in keys_e and not any(k.startswith("lstm_seq.") for k in keys_e)
+    assert keys_f - keys_e == {f"lstm_seq.{k}_l0" for k in ("weight_ih", "weight_hh", "bias_ih", "bias_hh")}
+    # An optimiser step on one moves the other.
+    with torch.no_grad():
+        cell.weight_hh.add_(1.0)
+    assert torch.equal(seq.weight_hh_l0, cell.weight_hh)
+
+
+def test_lstm_unroll_inactive_without_an_lstm():
+    vec = EnvSpec(game="g", family="gym", obs_shape=(4,), obs_dtype=torch.float32, num_actions=2, frameskip=1)
+    assert ppo.inactive_options(ppo.Config(), vec) == []
+    assert ppo.inactive_options(ppo.Config(lstm_unroll="fused"), vec) == ["lstm_unroll"]
+    assert ppo.inactive_options(ppo.Config(lstm_unroll="fused", lstm_hidden=8), vec) == []
+
+
+def test_fused_lstm_runs_end_to_end_on_puffer_breakout(tmp_path):
+    import csv
+    import json
+
+    from bench.cli import main as cli
+
+    out = tmp_path / "r"
+    assert cli(["run", "--agent", "ppo", "--game", "puffer_breakout", "--steps", "1024", "--seed", "1",
+                "--out", str(out), "--num-envs", "8", "--minibatches", "2", "--segment-length", "32",
+                "--hidden", "32", "--lstm-hidden", "16", "--lstm-unroll", "fused", "--log-every", "1",
+                "--threads", "1"]) == 0  # fmt: skip
+    cfg = json.loads((out / "config.json").read_text())
+    assert cfg["agent"]["lstm_unroll"] == "fused" and cfg["agent"]["lstm_hidden"] == 16
+    assert cfg["inactive_options"] == []
+    rows = list(csv.DictReader(open(out / "metrics.csv")))
+    assert float(rows[-1]["env_steps"]) >= 1024
+    assert float(rows[-1]["grad_steps"]) > 0
+    assert all(math.isfinite(float(r["loss"])) for r in rows if r.get("loss") not in (None, "", "nan"))
+
+
 # -- learning (slow) ---------------------------------------------------------------------------------
 
 
@@ -518,3 +661,25 @@ def test_cartpole_learns(seed, tmp_path):
         rows = list(csv.DictReader(f))
     last = [float(r["episode_return"]) for r in rows[-5:] if r["episode_return"]]
     assert sum(last) / len(last) >= 475, last
+
+
+def test_meter_counts_the_fused_lstm_like_the_cell():
+    """The meter's FLOP count of a training pass is the same whichever way the LSTM is unrolled:
+    the fused oneDNN kernel (and its backward) is counted with the cell's matmul FLOPs. The one
+    difference: the fused backward also computes the gradient of the initial state (one
+    ``h0 W_hh`` product, 2 * B * 4H * H), which the cell's autograd skips (h0 needs no grad)."""
+    from bench.meter import count_flops
+
+    exact, fused = _exact_and_fused()
+    obs, steps = torch.randn(4, 3), scripted_steps(4, 6, seed=3)
+    _same_rollout((exact, fused), obs, steps, seed=1)
+    counts = []
+    def training_pass(agent: ppo.Agent) -> None:
+        starts = torch.zeros_like(agent.dones)
+        logits, values, _ = agent.net.unroll(agent.obs, (agent.h0, agent.c0), starts)
+        (logits.sum() + values.sum()).backward()
+
+    for agent in (exact, fused):
+        counts.append(count_flops(lambda a=agent: training_pass(a))[1])
+    H, B = exact.cfg.lstm_hidden, exact.obs.shape[1]
+    assert counts[1] - counts[0] == 2 * B * 4 * H * H and counts[0] > 50 * 2 * B * 4 * H * H
