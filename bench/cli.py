@@ -22,6 +22,8 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "report": ("bench.report", "figures, summary.md, summary.json and index.html from run folders"),
     "compare": ("bench.compare", "run agents side by side under equal budgets, then report"),
     "sweep": ("bench.sweep", "run a declarative grid of runs from a TOML file"),
+    "paper": ("bench.paper", "run the studies of experiments/paper/, archive their runs in results/, write "
+                             "docs/paper/ (resumable)"),
     "tune": ("bench.tune", "tune an agent's options under a tuning budget (Optuna); writes a preset file"),
     "regress": ("bench.regress", "CI regression check of score per (machine-normalised) hour"),
     "demo": ("bench.demo", "the embedded default job that `make demo` runs"),

@@ -18,6 +18,7 @@ import argparse
 import dataclasses
 import json
 import math
+import re
 from pathlib import Path
 
 import envs
@@ -54,6 +55,9 @@ def add_arguments(p: argparse.ArgumentParser, argv: list[str]) -> None:
     p.add_argument("--preset-file", action="extend", nargs="+", default=[], metavar="FILE",
                    help="tuned preset files (bench tune's preset.toml), at most one per agent compared: its values "
                         "sit between the agent's PRESETS and --agent-option / --reuse / --horizon")  # fmt: skip
+    p.add_argument("--label-suffix", default="", metavar="SUFFIX",
+                   help="append SUFFIX to every run label (e.g. -tuned), so two compares into one folder tree stay "
+                        "apart in a joint bench report")  # fmt: skip
     p.add_argument("--agent-option", action="append", default=[], metavar="AGENT.KEY=VALUE",
                    help="agent option for one agent, e.g. ppo.epochs=2 (repeatable)")  # fmt: skip
     p.add_argument("--reuse", nargs="+", type=float, default=None,
@@ -121,7 +125,7 @@ def _fmt_value(v: float) -> str:
 def expand(agents: list[str], game: str, seeds: int, out: Path, steps: int | None, time_s: float | None,
            options: dict[str, dict], reuse: list[float] | None, horizon: list[int] | None,
            eval_episodes: int = 0, spell=None, capture_video: bool = False,
-           presets: dict | None = None) -> list[RunSpec]:  # fmt: skip
+           presets: dict | None = None, label_suffix: str = "") -> list[RunSpec]:  # fmt: skip
     """agents x reuse x horizon x seeds -> run specs with equal budgets, every run's config
     resolved and range-checked here, before any run starts. ``spell(agent, key, value)`` names
     an agent option as the user gave it (default ``--agent-option AGENT.KEY=VALUE``).
@@ -142,7 +146,7 @@ def expand(agents: list[str], game: str, seeds: int, out: Path, steps: int | Non
     for agent in agents:
         mod = load_agent_module(agent)
         base = _typed(mod.Config, options.get(agent, {}), lambda k, v, a=agent: spell(a, k, v))
-        variants: list[tuple[str, dict]] = [(agent, {})]
+        variants: list[tuple[str, dict]] = [(agent + label_suffix, {})]
         if reuse:
             if agent not in REUSE_KNOB:
                 raise UserError(f"--reuse: agent {agent!r} has no reuse knob (known: {', '.join(REUSE_KNOB)})")
@@ -251,6 +255,8 @@ def main(args: argparse.Namespace) -> int:
         raise UserError(f"--reps {args.reps} must be >= 1")
     if args.out == "":
         raise UserError("--out '': empty path (give a folder, or leave --out out for runs/compare-<game>)")
+    if args.label_suffix and not re.fullmatch(r"[A-Za-z0-9_.+-]+", args.label_suffix):
+        raise UserError(f"--label-suffix {args.label_suffix!r}: use letters, digits and - _ . + only (it names folders)")
     games = games_of(args.game, args.suite)
     steps, time_s = parse_steps(args.steps, "--steps"), parse_duration(args.time, "--time")
     if steps is None and time_s is None:
@@ -272,7 +278,8 @@ def main(args: argparse.Namespace) -> int:
     presets = presets_by_agent(args.preset_file, agents)
     specs = [s for g in games for s in expand(agents, g, args.seeds, out, steps, time_s, options, args.reuse,
                                               args.horizon, args.eval_episodes,
-                                              capture_video=args.capture_video, presets=presets)]  # fmt: skip
+                                              capture_video=args.capture_video, presets=presets,
+                                              label_suffix=args.label_suffix)]  # fmt: skip
     flags = sink_flags(args, out.resolve().name)  # --wandb and the like, passed on to every run
     specs = [dataclasses.replace(s, run_flags=flags) for s in specs]
     check_existing(specs)

@@ -47,7 +47,7 @@ from agents.api import AgentContext
 from bench.config import RunConfig, Spell, check_run_config, resolve_agent_config
 from bench.errors import RunFailed, UserError
 from bench.fingerprint import fingerprint, write_record
-from bench.meter import UNTIMED_BY_BUDGET, Meter, RecentRate, count_flops, trainable_params
+from bench.meter import UNTIMED_BY_BUDGET, CpuMeter, Meter, RecentRate, count_flops, trainable_params
 from bench.results import RunDir
 from bench.runner import pinning_record
 
@@ -371,10 +371,12 @@ def _train(run: RunConfig, overrides: dict[str, Any] | None, out: str | os.PathL
     log_every = math.ceil(log_every / n) * n
     eval_every = run.eval_every and math.ceil(run.eval_every / n) * n
     next_log, next_eval, wall_prior, resumes = log_every, eval_every, 0.0, 0
+    cpu = CpuMeter()
     ckpt = rd.load_checkpoint() if status == "partial" else None
     if ckpt is not None:
         agent.load_state_dict(ckpt["agent"])
         meter.load_state_dict(ckpt["meter"])
+        cpu.load_state_dict(ckpt.get("cpu"), ckpt["train_wall_s"])  # absent in checkpoints made before it
         _set_rng_state(ckpt["rng"])
         for name, log in logs.items():  # every ledger checked before any is cut
             log.check_rows(ckpt["rows"].get(name, 0))
@@ -431,18 +433,20 @@ def _train(run: RunConfig, overrides: dict[str, Any] | None, out: str | os.PathL
 
     def checkpoint() -> None:
         w = wall()
-        with meter.phase("checkpoint"):
+        with cpu.untimed(), meter.phase("checkpoint"):
             for log in logs.values():
                 if log._f is not None:
                     log._f.flush()
             rd.save_checkpoint({"agent": agent.state_dict(), "meter": meter.state_dict(), "rng": _rng_state(),
                                 "rows": {k: v.rows for k, v in logs.items()}, "next_log": next_log,
-                                "next_eval": next_eval, "train_wall_s": w, "resumes": resumes})  # fmt: skip
-            rd.write_compute(_compute(meter, w, params, status="partial", peak=peak))
+                                "next_eval": next_eval, "train_wall_s": w, "resumes": resumes,
+                                "cpu": cpu.state_dict(w)})  # fmt: skip
+            rd.write_compute(_compute(meter, w, params, status="partial", peak=peak,
+                                      cpu=cpu.record(w, threads)))  # fmt: skip
 
     def run_eval() -> None:
         nonlocal eval_env
-        with meter.phase("eval"):
+        with cpu.untimed(), meter.phase("eval"):
             if eval_env is None:
                 eval_env = envs.make(run.game, min(run.eval_episodes, 16), device, protocol=run.protocol,
                                      num_threads=threads)  # fmt: skip
@@ -473,6 +477,7 @@ def _train(run: RunConfig, overrides: dict[str, Any] | None, out: str | os.PathL
     last_ret: float | None = None
     last_learner: dict[str, Any] | None = None  # the latest learner.csv row (the W&B sink sends it)
     t_start = time.perf_counter()
+    cpu.start()  # with the wall clock, and paused where it leaves time out (eval, checkpoints)
     t_ckpt = t_start
     # [N] the envs were just reset: at a resume every env's stream breaks without an episode end,
     # and the agent must not join what it stored before to what comes now (agents.api).
@@ -509,7 +514,9 @@ def _train(run: RunConfig, overrides: dict[str, Any] | None, out: str | os.PathL
                 if bad is not None:
                     rd.mark_failed({"reason": f"non-finite {bad} = {metrics[bad]}", "env_steps": c.env_steps,
                                     "grad_steps": c.grad_steps, "wall_s": wall()})  # fmt: skip
-                    rd.write_compute(_compute(meter, wall(), params, status="failed", peak=peak))
+                    w = wall()
+                    rd.write_compute(_compute(meter, w, params, status="failed", peak=peak,
+                                              cpu=cpu.record(w, threads)))  # fmt: skip
                     raise RunFailed(f"{bad} became {metrics[bad]} at env_steps={c.env_steps}; run marked failed "
                                     f"in {rd.path}")  # fmt: skip
                 last_learner = {"wall_s": wall(), "env_steps": c.env_steps, "grad_steps": c.grad_steps,
@@ -525,6 +532,7 @@ def _train(run: RunConfig, overrides: dict[str, Any] | None, out: str | os.PathL
                        "sps": (c.env_steps - last_row_steps) / max(w - last_row_wall, 1e-9),
                        "episode_return": ret, "episode_length": length}  # fmt: skip
                 logs["metrics"].write(row)
+                cpu.sample_load()
                 last_row_wall, last_row_steps = w, c.env_steps
                 while next_log <= c.env_steps:
                     next_log += log_every
@@ -555,7 +563,8 @@ def _train(run: RunConfig, overrides: dict[str, Any] | None, out: str | os.PathL
     if run.eval_episodes and (not eval_every or logs["eval"].rows == 0 or next_eval - eval_every != c.env_steps):
         run_eval()  # a final evaluation at the budget, unless one just happened
     checkpoint()
-    summary = _compute(meter, wall(), params, status="done", peak=peak)  # after it: its seconds are recorded
+    w = wall()  # after it: its seconds are recorded
+    summary = _compute(meter, w, params, status="done", peak=peak, cpu=cpu.record(w, threads))
     rd.write_compute(summary)
     for log in logs.values():
         log.close()
@@ -591,7 +600,9 @@ def _utilisation(meter: Meter, wall_s: float, peak: dict | None) -> dict[str, An
     return out
 
 
-def _compute(meter: Meter, wall_s: float, params: int, status: str, peak: dict | None = None) -> dict[str, Any]:
+def _compute(meter: Meter, wall_s: float, params: int, status: str, peak: dict | None = None,
+             cpu: dict[str, Any] | None = None) -> dict[str, Any]:  # fmt: skip
+    """compute.json; ``cpu``: :meth:`bench.meter.CpuMeter.record`'s fields (what the wall clock bought)."""
     c = meter.counters
     fa, fg = meter.flops_per_act_sample or 0.0, meter.flops_per_grad_sample or 0.0
     return {
@@ -611,6 +622,7 @@ def _compute(meter: Meter, wall_s: float, params: int, status: str, peak: dict |
         "flops_per_grad_sample": fg,
         "train_flops": fa * c.env_steps + fg * c.grad_samples,
         **_utilisation(meter, wall_s, peak),
+        **(cpu or {}),
     }
 
 

@@ -6,10 +6,13 @@ phase that launched them (PufferLib's profiler skips this, and its phase times l
 Counters are incremented by the harness from what it observes (vector steps, episode ends) and
 from the ``grad_steps`` / ``grad_samples`` an agent's ``update`` reports, so
 ``reuse_ratio = grad_samples / env_steps`` needs no knowledge of the algorithm.
+:class:`CpuMeter` says what that wall clock bought: the CPU time the process got during it.
 """
 
 from __future__ import annotations
 
+import math
+import os
 import time
 from collections import deque
 from contextlib import contextmanager
@@ -117,6 +120,136 @@ class Meter:
         self.phase_s = dict.fromkeys(PHASES, 0.0) | dict(s["phase_s"])  # older checkpoints lack a phase
         self.flops_per_act_sample = s["flops_per_act_sample"]
         self.flops_per_grad_sample = s["flops_per_grad_sample"]
+
+
+def allowed_cores() -> int:
+    """Cores this process may run on: its affinity (a runner's pinned share, or taskset's)."""
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+
+
+def cpu_share(cpu_s: float, wall_s: float, cores: int) -> float | None:
+    """CPU seconds got over CPU seconds offered: ``cpu_s / (wall_s * cores)``; None when no wall
+    clock was measured (a run resumed from an older checkpoint and stopped at once)."""
+    return cpu_s / (wall_s * cores) if wall_s > 0 and cores > 0 else None
+
+
+def _load_1m() -> float | None:
+    try:
+        return os.getloadavg()[0]
+    except (AttributeError, OSError):  # no load average on this OS
+        return None
+
+
+def _thread_sched() -> dict[str, int] | None:
+    """{thread id: nanoseconds it has waited on a run queue} for this process's live threads
+    (Linux's /proc/self/task/*/schedstat, second field); None where the kernel does not expose it."""
+    try:
+        tids = os.listdir("/proc/self/task")
+    except OSError:
+        return None
+    out = {}
+    for tid in tids:
+        try:
+            with open(f"/proc/self/task/{tid}/schedstat") as f:
+                out[tid] = int(f.read().split()[1])
+        except (OSError, ValueError, IndexError):
+            continue  # the thread ended while we read, or the field is not there
+    return out or None
+
+
+class CpuMeter:
+    """What the training wall clock bought: the CPU seconds the process got while it ran and the
+    machine's load meanwhile (compute.json ``cpu_s``, ``cpu_share``, ``load_1m_*``; README, Units).
+
+    An equal-wall-clock comparison is fair only when every run got the cores it was given: a run
+    sharing its core with another process trains at half speed on the same clock, and nothing in
+    its rows says so. ``cpu_s`` is ``time.process_time()``, user + system time of every thread of
+    the process (torch's intra-op pool, ALE's env threads). No env backend runs subprocesses
+    (PufferLib Ocean and MinAtar step in-process, ALE in threads of its own, gymnasium's sync
+    vector env in the caller), so children's time is not counted. It is measured over the same
+    interval as the training wall clock: paused (:meth:`untimed`) for evaluation and checkpoint
+    writes. It carries over a resume in the checkpoint; a checkpoint written before it was recorded
+    carries none, and then it covers the training wall clock since that resume only
+    (``cpu_wall_s`` < ``train_wall_s``), never a guess for the part before.
+
+    ``cpu_wait_s`` (Linux): the seconds the process's threads were ready to run but waited on a
+    run queue, read at the same points: direct evidence of contention, whatever the share says.
+    """
+
+    def __init__(self) -> None:
+        self.cpu_s = 0.0  # process CPU seconds of the timed intervals that have ended
+        self.wait_s: float | None = 0.0  # run-queue wait of those intervals (None: not exposed here)
+        self.wall_from = 0.0  # the training wall clock (train_wall_s) at which measuring began
+        self.load_sum, self.load_n, self.load_max = 0.0, 0, -math.inf
+        # the readings at the start of the interval being timed (None: paused)
+        self._mark: tuple[float, dict[str, int] | None] | None = None
+
+    def start(self) -> None:
+        self._mark = (time.process_time(), _thread_sched())
+
+    def _current(self) -> tuple[float, float | None]:
+        """(cpu_s, wait_s) so far, the running interval included."""
+        if self._mark is None:
+            return self.cpu_s, self.wait_s
+        c0, s0 = self._mark
+        cpu, s1 = self.cpu_s + time.process_time() - c0, _thread_sched()
+        if self.wait_s is None or s0 is None or s1 is None:
+            return cpu, None
+        # Per thread: one that started since counts from zero; one that ended is lost (torch's and
+        # ALE's pools live as long as the process, so in practice none).
+        return cpu, self.wait_s + sum(w - s0.get(t, 0) for t, w in s1.items()) / 1e9
+
+    @contextmanager
+    def untimed(self):
+        """Stop counting for a block the training wall clock leaves out (evaluation, checkpoints)."""
+        running = self._mark is not None
+        self.cpu_s, self.wait_s = self._current()
+        self._mark = None
+        try:
+            yield
+        finally:
+            if running:
+                self.start()
+
+    def sample_load(self) -> None:
+        """Note the machine's 1-minute load average (cheap: one syscall); called at each metric row."""
+        load = _load_1m()
+        if load is not None:
+            self.load_sum, self.load_n = self.load_sum + load, self.load_n + 1
+            self.load_max = max(self.load_max, load)
+
+    def record(self, wall_s: float, threads: int) -> dict[str, Any]:
+        """compute.json's CPU fields at training wall clock ``wall_s`` for a run of ``threads`` threads."""
+        cpu, wait = self._current()
+        cores = allowed_cores()
+        # The denominator: the cores the run can keep busy, its threads (--threads: torch's
+        # intra-op pool, ALE's env threads) on the cores it may use. Between parallel regions
+        # torch's idle workers spin rather than sleep, so a quiet run keeps all of them busy:
+        # measured 0.98-1.0 for PPO and Rainbow at 1 and 2 threads (README, Units).
+        busy = min(threads, cores)
+        covered = wall_s - self.wall_from
+        return {"cpu_s": cpu, "cpu_wall_s": covered, "cpu_wait_s": wait, "cores": cores,
+                "cpu_share_cores": busy, "cpu_share": cpu_share(cpu, covered, busy),
+                "load_1m_mean": self.load_sum / self.load_n if self.load_n else None,
+                "load_1m_max": self.load_max if self.load_n else None,
+                "machine_cpus": os.cpu_count()}  # fmt: skip
+
+    def state_dict(self, wall_s: float) -> dict[str, Any]:
+        """What a checkpoint at training wall clock ``wall_s`` keeps (taken while :meth:`untimed`)."""
+        cpu, wait = self._current()
+        return {"cpu_s": cpu, "wait_s": wait, "wall_s": wall_s - self.wall_from, "load_sum": self.load_sum,
+                "load_n": self.load_n, "load_max": self.load_max}  # fmt: skip
+
+    def load_state_dict(self, s: dict[str, Any] | None, wall_s: float) -> None:
+        """Continue from a checkpoint at training wall clock ``wall_s``; ``s`` None (a checkpoint
+        written before CPU time was recorded): measure from here, over the rest of the run only."""
+        if s is None:
+            self.wall_from = wall_s
+            return
+        self.cpu_s, self.wait_s = float(s["cpu_s"]), s.get("wait_s")
+        self.wall_from = wall_s - float(s["wall_s"])
+        self.load_sum, self.load_n = float(s["load_sum"]), int(s["load_n"])
+        self.load_max = float(s["load_max"])
 
 
 class _GlobalOnly:

@@ -2,7 +2,8 @@
 
 Run folders are found recursively (any folder holding config.json). The numbers and the
 definitions behind them are in :mod:`plots.report`; this module only parses options, calls it,
-and prints a compact table and the files written.
+and prints a compact table and the files written. A single DIR holding ``study.toml`` is a
+``bench paper`` study's archive: its analysis runs too (:func:`bench.paper.analyse_study`).
 """
 
 from __future__ import annotations
@@ -64,7 +65,15 @@ def main(args: argparse.Namespace) -> int:
     opts = Options(out=out, reps=args.reps, seed=args.seed, last_episodes=args.last_episodes,
                    allow_mixed=args.allow_mixed, score=args.score, formats=formats, suite=args.suite,
                    command="bench " + " ".join(shlex.quote(a) for a in sys.argv[1:]))  # fmt: skip
-    num, files = build_report(args.dirs, opts)
+    if len(args.dirs) == 1 and (Path(args.dirs[0]) / "study.toml").is_file():
+        # A bench paper study's archive: the same report plus the study's analysis, as bench paper
+        # writes it (summary.json's "study" section), so the numbers can be checked from the archive.
+        from bench.paper import analyse_study
+
+        num, files, section = analyse_study(Path(args.dirs[0]), opts)
+        print(f"study {section['name']}: {section['answer']}")
+    else:
+        num, files = build_report(args.dirs, opts)
     for p, why in num.skipped:  # damaged runs are listed in the report too (summary.md, summary.json)
         print(f"bench: warning: {p}: {why}; left out of the report", file=sys.stderr)
     _print_table(num)

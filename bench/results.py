@@ -5,7 +5,9 @@
     learner.csv    the agent's own update diagnostics (columns fixed by its first report)
     eval.csv       evaluation rows: finished episodes and their return mean/std, plus the
                    episodes cut by the evaluation's step cap (count, mean partial return)
-    compute.json   totals and per-phase seconds (rewritten atomically at each checkpoint/end)
+    compute.json   totals and per-phase seconds (rewritten atomically at each checkpoint/end), and
+                   what the wall clock bought: cpu_s, cpu_share, cpu_wait_s, load_1m_mean/max
+                   (bench.meter.CpuMeter; README, Units)
     checkpoint.pt  latest checkpoint (atomic replace)
     packages.txt   every installed distribution, ``name==version`` a line (written with config.json)
     code.diff      only when the code ran from a git tree with changes: ``git diff HEAD`` plus the

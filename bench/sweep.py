@@ -16,6 +16,7 @@ A sweep file (see ``experiments/``)::
     preset_files = ["../runs/tune-ppo-puffer_breakout/preset.toml"]  # optional: bench tune presets,
                                         # one per agent at most, paths relative to this file; their
                                         # values sit under [options] and [grid]
+    label_suffix = "-tuned"             # optional: appended to every run label (two sweeps, one report)
 
     [options.ppo]                       # fixed agent options
     learning_rate = 0.01
@@ -43,7 +44,7 @@ from bench.runner import allowed_cpus, run_local, run_ray
 
 KNOWN_KEYS = {"name", "agents", "games", "suite", "seeds", "time", "steps", "reuse", "horizon", "eval_episodes", "options",
               "grid", "workers", "capture_video", "tensorboard", "wandb", "wandb_project", "wandb_entity",
-              "wandb_group", "preset_files"}  # fmt: skip
+              "wandb_group", "preset_files", "label_suffix"}  # fmt: skip
 
 
 def add_arguments(p: argparse.ArgumentParser, argv: list[str]) -> None:
@@ -64,24 +65,38 @@ def _count(v) -> bool:
     return isinstance(v, int) and not isinstance(v, bool)
 
 
-def load_sweep(path: str) -> dict:
-    """The sweep file, with every top-level key's type and range checked (one line on error)."""
+def read_toml(path: str, what: str = "sweep file", example: str = "experiments/*.toml") -> dict:
+    """The TOML file at ``path`` as a dict; any reason it cannot be read is one line."""
     if path == "":
-        raise UserError("sweep file '': empty path")
+        raise UserError(f"{what} '': empty path")
     try:
         with open(path, "rb") as f:
-            cfg = tomllib.load(f)
+            return tomllib.load(f)
     except FileNotFoundError:
-        raise UserError(f"{path}: no such sweep file") from None
+        raise UserError(f"{path}: no such {what}") from None
     except IsADirectoryError:
-        raise UserError(f"{path}: is a folder; give a sweep file (TOML), e.g. experiments/*.toml") from None
+        raise UserError(f"{path}: is a folder; give a {what} (TOML), e.g. {example}") from None
     except OSError as e:
         raise UserError(f"{path}: cannot read ({e.strerror or e})") from None
     except (tomllib.TOMLDecodeError, UnicodeDecodeError) as e:
         raise UserError(f"{path}: malformed TOML ({str(e).splitlines()[0]})") from None
-    unknown = sorted(set(cfg) - KNOWN_KEYS)
+
+
+def load_sweep(path: str) -> dict:
+    """The sweep file, with every top-level key's type and range checked (one line on error)."""
+    return check_sweep(read_toml(path), path)
+
+
+def check_sweep(cfg: dict, path: str, known: set[str] | frozenset[str] = KNOWN_KEYS,
+                agents_optional: bool = False) -> dict:  # fmt: skip
+    """``cfg`` (a sweep file's table) checked key by key; ``path`` names the file in errors.
+    ``known``: the keys allowed (``bench paper`` study files add their own, drop some);
+    ``agents_optional``: 'agents' may be absent or empty (a study whose runs are all labelled arms)."""
+    unknown = sorted(set(cfg) - set(known))
     if unknown:
-        raise UserError(f"{path}: unknown key(s) {', '.join(unknown)} (known: {', '.join(sorted(KNOWN_KEYS))})")
+        raise UserError(f"{path}: unknown key(s) {', '.join(unknown)} (known: {', '.join(sorted(known))})")
+    if agents_optional and cfg.get("agents", []) == []:
+        cfg["agents"] = []
     if "suite" in cfg:
         from bench.compare import games_of
         from envs import suites
@@ -91,6 +106,8 @@ def load_sweep(path: str) -> dict:
         games_of(cfg.get("games"), cfg["suite"], "games", f"{path}: suite")
         cfg["games"] = list(suites.get(cfg["suite"]).games)
     for key, tp in (("agents", list), ("games", list)):
+        if key == "agents" and agents_optional and cfg[key] == []:
+            continue
         if not isinstance(cfg.get(key), tp) or not cfg[key] or not all(isinstance(x, str) for x in cfg[key]):
             what = " (or a suite = NAME)" if key == "games" else ""
             raise UserError(f"{path}: '{key}' must be a non-empty list of names{what}")
@@ -138,6 +155,9 @@ def load_sweep(path: str) -> dict:
             raise UserError(f"{path}: {key} = {cfg[key]!r} must be a non-empty string")
         if key in cfg and not cfg.get("wandb"):
             raise UserError(f"{path}: {key} without wandb = true")
+    ls = cfg.get("label_suffix", "")
+    if not isinstance(ls, str) or (ls and not all(c.isalnum() or c in "-_.+" for c in ls)):
+        raise UserError(f"{path}: label_suffix = {ls!r} must be a string of letters, digits and - _ . + (it names folders)")
     pf = cfg.get("preset_files", [])
     if not isinstance(pf, list) or not all(isinstance(x, str) and x for x in pf):
         raise UserError(f"{path}: preset_files = {pf!r} must be a list of preset file paths")
@@ -198,7 +218,7 @@ def specs_from(cfg: dict, out: Path, path: str):
                 for s in sub:
                     if s.seed not in seed_list:
                         continue
-                    label = s.label + suffix
+                    label = s.label + cfg.get("label_suffix", "") + suffix
                     game_dir = game.replace(":", "_").replace("/", "_")
                     specs.append(type(s)(**{**s.__dict__, "label": label,
                                             "out": str(out / label / game_dir / f"seed{s.seed}")}))  # fmt: skip

@@ -17,6 +17,7 @@ not JSON; a finished run without metrics.csv) cannot be trusted: both are return
 from __future__ import annotations
 
 import hashlib
+import gzip
 import json
 import math
 import os
@@ -47,11 +48,12 @@ def read_ledger(path: Path, required: tuple[str, ...]) -> tuple[dict[str, np.nda
     is returned as a one-line reason, with no columns. ``required``: columns the header must
     hold. A missing file is no damage (a run that has not written it yet)."""
     name = path.name
+    gz = path.with_name(path.name + ".gz")  # results archives keep ledgers gzipped (bench.paper)
     try:
-        text = path.read_text()
+        text = path.read_text() if path.exists() or not gz.exists() else gzip.decompress(gz.read_bytes()).decode()
     except FileNotFoundError:
         return {}, 0, None
-    except (OSError, UnicodeDecodeError) as e:
+    except (OSError, UnicodeDecodeError, EOFError, gzip.BadGzipFile) as e:
         return {}, 0, f"{name} unreadable ({e.__class__.__name__})"
     lines = text.split("\n")
     body, tail = lines[1:-1], lines[-1]
@@ -203,6 +205,13 @@ class Run:
                 for k in ("mfu", "mfu_learn")}  # fmt: skip
 
     @property
+    def cpu_share(self) -> float | None:
+        """compute.json ``cpu_share``: the CPU time the process got over what its training wall
+        clock offered its cores (bench.meter.CpuMeter); None for runs made before it was recorded."""
+        v = self.compute.get("cpu_share")
+        return float(v) if isinstance(v, (int, float)) and not isinstance(v, bool) else None
+
+    @property
     def phase_s(self) -> dict[str, float]:
         ph = self.compute.get("phase_s") or {}
         return {p: float(ph[p]) if ph.get(p) is not None else math.nan for p in PHASES}
@@ -270,7 +279,7 @@ def load_run(path: Path) -> Run | str:
     damage = bad_m or bad_e
     if not damage and (path / "compute.json").exists() and not compute:
         damage = "compute.json is not a JSON object"
-    if not damage and (path / "done").exists() and not (path / "metrics.csv").exists():
+    if not damage and (path / "done").exists() and not any((path / f).exists() for f in ("metrics.csv", "metrics.csv.gz")):
         damage = "finished, but metrics.csv is missing"
     if damage:
         return f"damaged: {damage}"

@@ -153,6 +153,37 @@ def capped_eval_warning(run: Run, scored_by_eval: bool) -> str | None:
     )
 
 
+# A run whose process got less than this share of its cores' time while its training clock ran
+# (compute.json cpu_share) shared them with something else, and its wall-clock budget bought less
+# compute than its peers'. Quiet runs read 0.98 to 1.0 at 1 and 2 threads (README, Units), so 0.9
+# flags contention, not the harness's own idle moments.
+CPU_SHARE_MIN = 0.9
+
+
+def low_cpu_share(runs: list[Run]) -> list[Run]:
+    """The runs whose compute.json ``cpu_share`` is below :data:`CPU_SHARE_MIN` (runs made before
+    it was recorded are never flagged)."""
+    return [r for r in runs if r.cpu_share is not None and r.cpu_share < CPU_SHARE_MIN]
+
+
+def cpu_share_warning(run: Run) -> str | None:
+    """A warning when ``run`` got less than :data:`CPU_SHARE_MIN` of its cores during training (an
+    equal-wall-clock comparison is fair only when nothing else ran); None otherwise."""
+    share = run.cpu_share
+    if share is None or share >= CPU_SHARE_MIN:
+        return None
+    c = run.compute
+    cores = c.get("cpu_share_cores") or c.get("cores") or "?"
+    kind = "pinned " if run.config["run"].get("pinned") else ""
+    load = ""
+    if isinstance(c.get("load_1m_mean"), (int, float)):
+        load = f"; machine load 1m mean {c['load_1m_mean']:.1f} on {c.get('machine_cpus') or '?'} cpus"
+    cpu_s, wall_s = float(c.get("cpu_s") or 0.0), float(c.get("cpu_wall_s") or 0.0)
+    return (f"WARNING {run.path}: got {100 * share:.0f}% of its {cores} {kind}core(s) (cpu_s {cpu_s:.1f} over "
+            f"{wall_s:.1f} s of training wall clock{load}): its wall-clock budget bought less compute than "
+            "its peers'")  # fmt: skip
+
+
 def inactive_option_notes(runs: list[Run]) -> list[str]:
     """One note per (label, game) whose runs recorded agent options with no effect on that game's
     observations (config.json ``inactive_options``, e.g. BTR's ``impala`` on a vector game), so a
@@ -298,6 +329,7 @@ def compute(runs: list[Run], skipped: list[tuple[Path, str]], opts: Options) -> 
         warning = capped_eval_warning(r, scores[r.path].source == "eval")
         if warning:
             notes.append(warning)
+    notes += list(filter(None, map(cpu_share_warning, runs)))
     notes += inactive_option_notes(runs)
     notes += tuned_preset_notes(runs)
 

@@ -13,7 +13,7 @@ import numpy as np
 from plots import stats
 from plots.normalize import normalizer
 from plots.references import REFERENCES
-from plots.report import Numbers, _family, _status_counts
+from plots.report import CPU_SHARE_MIN, Numbers, _family, _status_counts, low_cpu_share
 from plots.stats import Curve, Estimate
 
 
@@ -51,7 +51,13 @@ def summary_json(num: Numbers, out: Path) -> dict:
                      "normalized_score": s.normalized, "env_steps": r.total("env_steps"), "frames": r.total("frames"),
                      "grad_samples": r.total("grad_samples"), "reuse_ratio": r.total("reuse_ratio"),
                      "wall_s": r.total("wall_s"), "sps": r.sps, "train_flops": r.train_flops, "phase_s": r.phase_s,
+                     "cpu_share": r.cpu_share,
                      "bootstrap_horizon": r.horizon, "agent_config": r.agent_config})  # fmt: skip
+    # The runs that got less than CPU_SHARE_MIN of their cores while training (plots.report), and
+    # how many predate the record.
+    shares = [r.cpu_share for r in num.runs if r.cpu_share is not None]
+    cpu_flags = {"threshold": CPU_SHARE_MIN, "flagged": [r.path for r in low_cpu_share(num.runs)],
+                 "min": min(shares, default=None), "unmeasured": len(num.runs) - len(shares)}  # fmt: skip
     rows = [{"label": x.label, "game": x.game, "runs": len(x.runs), "scored_runs": x.scored, "score_source": x.source,
              "final_score_iqm": x.final, "normalized_iqm": x.normalized, "sps": x.sps, "reuse_ratio": x.reuse_ratio,
              "wall_s": x.wall_s, "env_steps": x.env_steps, "frames": x.frames, "grad_samples": x.grad_samples,
@@ -73,6 +79,7 @@ def summary_json(num: Numbers, out: Path) -> dict:
         "mixed": num.mixed,
         "notes": num.notes,
         "skipped": [{"path": p, "reason": why} for p, why in num.skipped],
+        "cpu_share": cpu_flags,
         "runs": runs,
         "per_agent_game": rows,
         "suite": o.suite,
