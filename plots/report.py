@@ -160,25 +160,46 @@ def capped_eval_warning(run: Run, scored_by_eval: bool) -> str | None:
 CPU_SHARE_MIN = 0.9
 
 
+# A run below CPU_SHARE_MIN whose threads waited for a core less than this fraction of its training
+# wall clock was not crowded out: it simply left cores idle (a one-thread workload such as the
+# random agent given 2 threads, or an env-bound loop). cpu_wait_s (Linux schedstat) tells the two
+# apart; where it is unknown every low share is flagged.
+CPU_WAIT_MAX = 0.05
+
+
+def _starved(run: Run) -> bool:
+    """``run`` got under :data:`CPU_SHARE_MIN` of its cores and (where known) waited for them."""
+    share = run.cpu_share
+    if share is None or share >= CPU_SHARE_MIN:
+        return False
+    wait, wall = run.compute.get("cpu_wait_s"), float(run.compute.get("cpu_wall_s") or 0.0)
+    return not isinstance(wait, (int, float)) or wall <= 0 or wait > CPU_WAIT_MAX * wall
+
+
 def low_cpu_share(runs: list[Run]) -> list[Run]:
-    """The runs whose compute.json ``cpu_share`` is below :data:`CPU_SHARE_MIN` (runs made before
-    it was recorded are never flagged)."""
-    return [r for r in runs if r.cpu_share is not None and r.cpu_share < CPU_SHARE_MIN]
+    """The runs whose compute.json ``cpu_share`` is below :data:`CPU_SHARE_MIN` because they waited
+    for their cores (runs made before it was recorded are never flagged)."""
+    return [r for r in runs if _starved(r)]
 
 
 def cpu_share_warning(run: Run) -> str | None:
     """A warning when ``run`` got less than :data:`CPU_SHARE_MIN` of its cores during training (an
-    equal-wall-clock comparison is fair only when nothing else ran); None otherwise."""
+    equal-wall-clock comparison is fair only when nothing else ran); a plain note when it left
+    cores idle without waiting for them; None otherwise."""
     share = run.cpu_share
     if share is None or share >= CPU_SHARE_MIN:
         return None
     c = run.compute
     cores = c.get("cpu_share_cores") or c.get("cores") or "?"
     kind = "pinned " if run.config["run"].get("pinned") else ""
+    cpu_s, wall_s = float(c.get("cpu_s") or 0.0), float(c.get("cpu_wall_s") or 0.0)
+    if not _starved(run):
+        return (f"{run.path}: used {100 * share:.0f}% of its {cores} {kind}core(s) (cpu_s {cpu_s:.1f} over "
+                f"{wall_s:.1f} s) but waited only {float(c['cpu_wait_s']):.1f} s for them: it left cores idle "
+                "(its work does not keep every thread busy), it was not crowded out")  # fmt: skip
     load = ""
     if isinstance(c.get("load_1m_mean"), (int, float)):
         load = f"; machine load 1m mean {c['load_1m_mean']:.1f} on {c.get('machine_cpus') or '?'} cpus"
-    cpu_s, wall_s = float(c.get("cpu_s") or 0.0), float(c.get("cpu_wall_s") or 0.0)
     return (f"WARNING {run.path}: got {100 * share:.0f}% of its {cores} {kind}core(s) (cpu_s {cpu_s:.1f} over "
             f"{wall_s:.1f} s of training wall clock{load}): its wall-clock budget bought less compute than "
             "its peers'")  # fmt: skip

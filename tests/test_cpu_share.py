@@ -183,3 +183,20 @@ def test_a_run_sharing_its_core_reads_about_half_and_the_report_flags_it(runs, t
     assert {r["path"]: r["cpu_share"] for r in doc["runs"]} == pytest.approx(
         {str(runs["quiet"]): quiet["cpu_share"], str(runs["busy"]): busy["cpu_share"]}
     )
+
+
+@pytest.mark.parametrize(("wait_s", "flagged"), [(0.1, False), (4.0, True), (None, True)])
+def test_a_low_share_is_flagged_only_when_the_run_waited_for_its_cores(wait_s, flagged):
+    """Half of 2 cores with no waiting is a one-thread workload leaving a core idle (the random
+    agent given 2 threads), not a crowded run; with 4 s of 8 waited, or no schedstat, it is flagged."""
+    from plots.load import Run
+    from plots.report import cpu_share_warning, low_cpu_share
+
+    c = {"cpu_share": 0.5, "cpu_s": 8.0, "cpu_wall_s": 8.0, "cpu_share_cores": 2, "cpu_wait_s": wait_s}
+    run = Run(path=Path("r"), config={"run": {"agent": "random", "game": "gym:CartPole-v1"}}, status="ok",
+              reason="", metrics={}, evals={}, compute=c)  # fmt: skip
+    note = cpu_share_warning(run)
+    assert (low_cpu_share([run]) == [run]) is flagged
+    assert note is not None and note.startswith("WARNING") is flagged
+    if not flagged:
+        assert "left cores idle" in note
