@@ -9,6 +9,8 @@ A study file is a sweep file (:mod:`bench.sweep`) plus what the findings page ne
     change = "A GPU learner ..."  # optional: what would change the answer
     part = 1                      # 1 or 2 (default 1): the page's two parts
     order = 10                    # place within its part (default 0; ties by name)
+    diagnostics = ["kl"]          # kind "variants" only (optional; refused with any other kind):
+                                  #   learner.csv columns the analysis summarises per arm
 
     agents = ["ppo", "rainbow"]   # the sweep keys: agents, games or suite, seeds, time and/or steps,
     games = ["puffer_breakout"]   #   reuse, horizon, [options.AGENT], [grid.AGENT], preset_files,
@@ -67,7 +69,7 @@ from bench.runner import RunSpec
 # Keys only a study file has; the sweep keys it takes are below. Sinks, videos and label suffixes
 # (the rest of bench.sweep's keys) write files the archive does not keep or rename the runs the
 # page names, so studies leave them to bench sweep.
-STUDY_KEYS = frozenset({"title", "question", "kind", "change", "part", "order", "arms"})
+STUDY_KEYS = frozenset({"title", "question", "kind", "change", "part", "order", "arms", "diagnostics"})
 SWEEP_KEYS = frozenset({"name", "agents", "games", "suite", "seeds", "time", "steps", "reuse", "horizon", "options",
                         "grid", "preset_files", "eval_episodes", "workers"})  # fmt: skip
 # The analyses plots.paper_findings.analyse knows (kept here so that checking a file needs no
@@ -84,8 +86,9 @@ NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.+-]*")  # names folders
 ARCHIVED = ("config.json", "eval.csv", "compute.json", "packages.txt", "code.diff")
 GZIPPED = ("metrics.csv", "learner.csv")
 ARCHIVE_FILES = frozenset({*ARCHIVED, *(f + ".gz" for f in GZIPPED), "archive.json", "done"})
-# learner.csv holds a row per learning update (hundreds of thousands in a long Rainbow run) and no
-# figure or number of the report reads it: a thinned copy keeps its shape for a reader's plot.
+# learner.csv holds a row per learning update (hundreds of thousands in a long Rainbow run); only a
+# variants study's diagnostics read it (means over the second half of training, curves against wall
+# clock), and evenly spaced rows keep both, so a thinned copy is enough.
 LEARNER_ROWS = 1000
 # Seconds a run costs beyond its time budget: interpreter and torch import, env creation, the
 # final checkpoint (measured ~5-15 s on the 2-core machine; evaluations are not included).
@@ -175,6 +178,16 @@ def load_study(path: str | Path) -> Study:
         raise UserError(f"{text}: missing 'kind' (how the study is analysed: {', '.join(KINDS)})")
     if kind not in KINDS:
         raise UserError(f"{text}: kind = {kind!r} is not a known analysis ({', '.join(KINDS)})")
+    diag = cfg.get("diagnostics")
+    if diag is not None:
+        if not isinstance(diag, list) or not diag or not all(isinstance(c, str) and c.strip() for c in diag):
+            raise UserError(f"{text}: diagnostics = {diag!r} must be a non-empty list of learner.csv column names, "
+                            'e.g. ["clip_frac", "kl"]')  # fmt: skip
+        # Refused rather than ignored: only the variants analysis reads it, so elsewhere it would
+        # promise numbers the page never shows.
+        if kind != "variants":
+            raise UserError(f"{text}: diagnostics is read only by kind = \"variants\" (this study is kind = "
+                            f"{kind!r}); remove it or change the kind")  # fmt: skip
     part, order = cfg.get("part", 1), cfg.get("order", 0)
     if part not in (1, 2) or isinstance(part, bool):
         raise UserError(f"{text}: part = {part!r} must be 1 or 2")

@@ -19,6 +19,19 @@ study's numbers, one study figure and the answer sentences of the findings page.
 ``arms``
     Labelled arms (the study file's ``[arms.<label>]`` tables) at equal wall clock: score, SPS,
     frames, gradient samples, probabilities of improvement and the throughput ratios per pair.
+``ablation``
+    The first arm is the full agent; every other arm removes one component. Per arm the drop
+    IQM(full) - IQM(arm) with a 95% CI (:func:`plots.stats.iqm_difference`) at equal wall clock
+    and at equal env frames (``F_g`` as above), its rank among the components at each reading,
+    whether the two rankings differ, and the BTR paper's claim that the Impala CNN and Munchausen
+    are the largest contributors. An arm running another agent (Rainbow) is a comparison row:
+    its drop is given, not ranked.
+``variants``
+    The first arm is the baseline. Score at equal wall clock as ``arms``, each arm's IQM
+    difference from the baseline with its CI and P(arm > baseline), and the study file's
+    ``diagnostics`` (learner.csv columns): per run the mean over the rows logged in the second
+    half of its training wall clock (the archive's learner.csv is thinned to evenly spaced rows,
+    which keeps that mean), per arm the IQM over runs with CI, per game, and against wall clock.
 
 Conventions shared by every kind:
 
@@ -28,7 +41,9 @@ Conventions shared by every kind:
   returns of different games do not pool);
 * a difference is "resolved" when the two 95% CIs do not overlap. That is stricter than a 95%
   test (two intervals can overlap a little and still differ), so "not resolved" is the honest
-  word, not "equal"; a label with one run per game has no CI and is never resolved;
+  word, not "equal"; a label with one run per game has no CI and is never resolved. Where an arm
+  is compared with one reference (``ablation``, ``variants``) the difference itself is
+  bootstrapped, and it is resolved when its 95% CI excludes 0;
 * every bootstrap is drawn ``num.opts.reps`` times from NumPy seeded with ``num.opts.seed``
   (:func:`plots.stats.seeded`), so the same runs give the same JSON;
 * the answer is generated from the numbers: the leader is the highest point estimate and the
@@ -80,7 +95,7 @@ class StudyResult:
     change: str  # one line: what would change the answer
 
 
-KINDS = ("equal_compute", "reuse", "horizon", "arms")
+KINDS = ("equal_compute", "reuse", "horizon", "arms", "ablation", "variants")
 
 
 def analyse(kind: str, study: dict, num: Numbers, fig_dir: Path, hardware: str) -> StudyResult:
@@ -92,6 +107,8 @@ def analyse(kind: str, study: dict, num: Numbers, fig_dir: Path, hardware: str) 
         "reuse": lambda s, n, f, h: _sweep("reuse", s, n, f, h),
         "horizon": lambda s, n, f, h: _sweep("horizon", s, n, f, h),
         "arms": _arms,
+        "ablation": _ablation,
+        "variants": _variants,
     }
     if kind not in handlers:
         raise UserError(f"study {study.get('name', '?')}: unknown kind {kind!r} (known: {', '.join(handlers)})")
@@ -960,4 +977,438 @@ def _arms_figure(stem: Path, study: dict, num: Numbers, scope: Scope, est: dict[
         return F.save(fig, stem, num.opts.formats)
 
 
-__all__ = ["KINDS", "FramesReading", "StudyResult", "analyse", "frames_reading", "score_at_frames", "split_label"]
+# ablation ----------------------------------------------------------------------------------
+
+# The BTR paper's claim on Atari (Clark et al. 2024): these two removals cost the most.
+CLAIM_ARMS = ("btr-no-impala", "btr-no-munchausen")
+
+
+def _ablation(study: dict, num: Numbers, fig_dir: Path, hardware: str) -> StudyResult:
+    scope = _scope(num, study, hardware, _arm_order(study, list(num.labels)), "arm")
+    if len(scope.labels) < 2:
+        raise UserError(f"study {study.get('name', '?')}: an ablation needs the full agent and at least one arm "
+                        f"without a component (arms: {', '.join(scope.labels)})")  # fmt: skip
+    o = num.opts
+    ref, others = scope.labels[0], scope.labels[1:]
+    ref_agent = _agent_of(num, ref)
+    wall_est = _wall_estimates(num, scope)
+    reading = frames_reading(num, scope)
+    fgames = [g for g in scope.games if g in reading.frames]
+    fmats = {lab: stats.pad_runs([reading.scores[g][lab] for g in fgames]) for lab in scope.labels}
+    frames_est = {lab: stats.aggregate_estimates(m, o.reps, o.seed)["iqm"] for lab, m in fmats.items()}
+    wmats = {lab: _wall_matrix(num, scope, lab) for lab in scope.labels}
+    # A comparison arm runs another agent (Rainbow against BTR): its drop is reported, not ranked
+    # among the components, which it is not.
+    role = {lab: "comparison" if _agent_of(num, lab) != ref_agent else "component" for lab in others}
+    drops = {lab: {"wall": stats.iqm_difference(wmats[ref], wmats[lab], o.reps, o.seed),
+                   "frames": stats.iqm_difference(fmats[ref], fmats[lab], o.reps, o.seed)} for lab in others}  # fmt: skip
+    comps = [lab for lab in others if role[lab] == "component"]
+    ranks = {r: _ranks({lab: drops[lab][r] for lab in comps}) for r in ("wall", "frames")}
+    order = {r: sorted((lab for lab in comps if ranks[r][lab] is not None), key=lambda lab: ranks[r][lab])
+             for r in ("wall", "frames")}  # fmt: skip
+    arms_json = {}
+    for lab in others:
+        opts = {k: v for k, v in (study.get("arms") or {}).get(lab, {}).items() if k not in ("agent", "preset_file")}
+        arms_json[lab] = {"role": role[lab], "agent": _agent_of(num, lab), "options": opts,
+                          "drop_wall": drops[lab]["wall"], "drop_frames": drops[lab]["frames"],
+                          "resolved_wall": _excludes_zero(drops[lab]["wall"]),
+                          "resolved_frames": _excludes_zero(drops[lab]["frames"]),
+                          "rank_wall": ranks["wall"].get(lab), "rank_frames": ranks["frames"].get(lab),
+                          "iqm_wall": wall_est[lab], "iqm_frames": frames_est[lab]}  # fmt: skip
+    claim = _ablation_claim(comps, drops, ranks)
+    numbers = {
+        "kind": "ablation", "scope": scope.as_json(), "score": "normalised" if scope.normalised else "raw",
+        "last_episodes": o.last_episodes, "bootstrap": {"reps": o.reps, "seed": o.seed},
+        "reference": {"label": ref, "agent": ref_agent, "iqm_wall": wall_est[ref], "iqm_frames": frames_est[ref]},
+        "frames": {"per_game": reading.frames, "limited_by": reading.limited_by, "games": fgames},
+        "arms": arms_json,
+        "ranking": {"wall": order["wall"], "frames": order["frames"],
+                    "ranking_differs": order["wall"] != order["frames"],
+                    "top_differs": order["wall"][:1] != order["frames"][:1],
+                    "rank_correlation": _spearman(ranks["wall"], ranks["frames"])},
+        "claim": claim,
+        "compute": {lab: _compute(num, scope, lab) for lab in scope.labels},
+    }  # fmt: skip
+    numbers = _clean(numbers)
+    figures = _ablation_figure(_stem(fig_dir, study, "ablation"), study, num, scope, ref, drops, role,
+                               order["frames"], wall_est[ref], frames_est[ref], reading)  # fmt: skip
+    answer = _ablation_answer(scope, numbers, reading)
+    default = ("A GPU or longer budgets, which change what each component costs in wall clock and how long "
+               "training runs for the components that stabilise it to matter.")  # fmt: skip
+    return StudyResult(numbers=numbers, figures=figures, answer=answer,
+                       change=_one_line(study.get("change") or default))  # fmt: skip
+
+
+def _excludes_zero(e: Estimate) -> bool:
+    """The 95% CI of a difference excludes 0: the difference is resolved."""
+    return e.has_ci and (e.lo > 0 or e.hi < 0)
+
+
+def _ranks(drops: dict[str, Estimate]) -> dict[str, int | None]:
+    """1 = the largest drop (the removal that costs most); ties keep the file order; None: no score."""
+    have = sorted((lab for lab in drops if math.isfinite(drops[lab].point)), key=lambda lab: -drops[lab].point)
+    out: dict[str, int | None] = {lab: None for lab in drops}
+    out.update({lab: i for i, lab in enumerate(have, start=1)})
+    return out
+
+
+def _spearman(a: dict[str, int | None], b: dict[str, int | None]) -> float:
+    """Rank correlation of two rankings over the labels both rank (NaN below three)."""
+    common = [lab for lab in a if a[lab] is not None and b.get(lab) is not None]
+    if len(common) < 3:
+        return math.nan
+    x = np.argsort(np.argsort([a[lab] for lab in common]))
+    y = np.argsort(np.argsort([b[lab] for lab in common]))
+    return float(np.corrcoef(x, y)[0, 1])
+
+
+def _ablation_claim(comps: list[str], drops: dict, ranks: dict) -> dict:
+    """Is "Impala CNN and Munchausen are the largest contributors" true here, at each reading?
+    ``consistent``: their removals are the two largest drops; ``resolved``: consistent and both
+    drops' CIs lie above every other component's, or inconsistent and a higher-ranked
+    component's CI lies above one of theirs."""
+    missing = [lab for lab in CLAIM_ARMS if lab not in comps]
+    if missing:
+        return {"verdict": "not tested", "why": f"no arm {' or '.join(missing)}", "readings": {}}
+    out = {}
+    for r in ("wall", "frames"):
+        rk = {lab: ranks[r][lab] for lab in CLAIM_ARMS}
+        if any(v is None for v in rk.values()):
+            out[r] = {"verdict": "not tested", "ranks": rk, "resolved": False}
+            continue
+        rest = [lab for lab in comps if lab not in CLAIM_ARMS]
+        est = {lab: drops[lab][r] for lab in comps}
+        if max(rk.values()) <= 2:
+            res = all(_above(est[c], est[x]) for c in CLAIM_ARMS for x in rest)
+            out[r] = {"verdict": "consistent", "ranks": rk, "resolved": res}
+        else:
+            above = [x for x in rest if ranks[r][x] is not None and any(
+                ranks[r][x] < rk[c] and _above(est[x], est[c]) for c in CLAIM_ARMS)]  # fmt: skip
+            out[r] = {"verdict": "inconsistent", "ranks": rk, "resolved": bool(above), "resolved_above": above}
+    verdicts = {v["verdict"] for v in out.values()}
+    verdict = verdicts.pop() if len(verdicts) == 1 else "mixed"
+    return {"verdict": verdict, "why": "", "readings": out}
+
+
+def _drop_text(a: dict, r: str) -> str:
+    e = _e(a[f"drop_{r}"])
+    tag = "" if a[f"resolved_{r}"] or not e.has_ci else ", not resolved from 0"
+    return f"{_est(e)}{tag}"
+
+
+def _ablation_answer(scope: Scope, n: dict, reading: FramesReading) -> str:
+    ref, arms, rk = n["reference"], n["arms"], n["ranking"]
+    head = (f"{scope.prefix()}, full {ref['label']} scores {_est(_e(ref['iqm_frames']))} ({scope.iqm_name}) at "
+            f"equal env frames ({reading.span()} per game) and {_est(_e(ref['iqm_wall']))} at equal wall clock.")  # fmt: skip
+    parts = [head]
+    for r, words in (("frames", "at equal env frames"), ("wall", "at equal wall clock")):
+        top = rk[r][:3]
+        if top:
+            items = "; ".join(f"{lab} {_drop_text(arms[lab], r)}" for lab in top)
+            parts.append(f"The largest drops in IQM {words} (full minus ablated, 95% CI): {items}.")
+    if len(rk["frames"]) > 1:
+        if rk["ranking_differs"]:
+            top = ("the largest contributor differs too" if rk["top_differs"] else
+                   f"the largest contributor, {rk['frames'][0]}, is the same")  # fmt: skip
+            parts.append(f"The ranking differs between the two readings (rank correlation "
+                         f"{_v(rk['rank_correlation'])}); {top}.")  # fmt: skip
+        else:
+            parts.append("The ranking is the same at both readings.")
+    claim = n["claim"]
+    if claim["verdict"] == "not tested":
+        parts.append(f"The BTR paper's claim that the Impala CNN and Munchausen are the largest contributors is "
+                     f"not tested here ({claim['why']}).")  # fmt: skip
+    else:
+        bits = []
+        for r, words in (("frames", "at equal frames"), ("wall", "at equal wall clock")):
+            c = claim["readings"][r]
+            if c["verdict"] == "not tested":
+                bits.append(f"not tested {words}")
+                continue
+            res = "resolved" if c["resolved"] else "not resolved"
+            ranks = ", ".join(f"{lab} ranks {c['ranks'][lab]}" for lab in CLAIM_ARMS)
+            bits.append(f"{c['verdict']} {words} ({ranks}; {res})")
+        parts.append("The BTR paper's claim that the Impala CNN and Munchausen are the largest contributors: "
+                     + "; ".join(bits) + ".")  # fmt: skip
+    comp = [lab for lab, a in arms.items() if a["role"] == "comparison"]
+    if comp:
+        items = "; ".join(f"{lab} ({arms[lab]['agent']}) {_drop_text(arms[lab], 'frames')} at equal frames, "
+                          f"{_drop_text(arms[lab], 'wall')} at equal wall clock" for lab in comp)  # fmt: skip
+        parts.append(f"For comparison, the drop from full {ref['label']} to {items}.")
+    return " ".join(parts) + scope.raw_note()
+
+
+def _ablation_figure(stem: Path, study: dict, num: Numbers, scope: Scope, ref: str, drops: dict, role: dict,
+                     by_frames: list[str], ref_wall: Estimate, ref_frames: Estimate,
+                     reading: FramesReading) -> list[Path]:  # fmt: skip
+    from plots import figures as F
+
+    # Components sorted by their equal-frames drop (largest on top), unscored ones after them, then
+    # the comparison rows below a line.
+    comps = by_frames + [lab for lab, r in role.items() if r == "component" and lab not in by_frames]
+    comparisons = [lab for lab, r in role.items() if r == "comparison"]
+    rows = comps + comparisons
+    shown = [f"{lab} (comparison: {_agent_of(num, lab)})" if role[lab] == "comparison" else lab for lab in rows]
+    budget = _duration(scope.budget_s) if scope.budget_s else "the budget"
+    with F.paper_style():
+        fig, axes = F.new_figure(2, panel_w=3.4, panel_h=0.32 * len(rows) + 1.4)
+        for ax, r, title, refe in ((axes[0][0], "frames", "at equal env frames", ref_frames),
+                                   (axes[0][1], "wall", f"at equal wall clock ({budget})", ref_wall)):  # fmt: skip
+            for i, lab in enumerate(rows):
+                e = drops[lab][r]
+                if not math.isfinite(e.point):
+                    F.note_at(ax, i, "n/a")
+                    continue
+                comparison = role[lab] == "comparison"
+                ax.barh(i, e.point, height=0.6, color="0.75" if comparison else "#1f77b4",
+                        hatch="//" if comparison else "", alpha=0.85)  # fmt: skip
+                if e.has_ci:
+                    ax.errorbar(e.point, i, xerr=[[e.point - e.lo], [e.hi - e.point]], fmt="none", ecolor="k",
+                                capsize=2, lw=0.9)  # fmt: skip
+            ax.axvline(0, color="k", lw=0.8)
+            if comparisons and comps:
+                ax.axhline(len(comps) - 0.5, color="0.5", lw=0.8, ls="--")
+            ax.set_yticks(range(len(rows)), shown if r == "frames" else [""] * len(rows))
+            ax.set_ylim(len(rows) - 0.4, -0.6)  # the largest drop on top
+            ax.set_title(f"{title}\nfull {ref}: IQM {_est(refe)}")
+            ax.set_xlabel(f"drop in {'normalised' if scope.normalised else 'raw'} IQM (full - ablated)")
+            ax.grid(axis="y", visible=False)
+        lo = min(axes[0][0].get_xlim()[0], axes[0][1].get_xlim()[0])
+        hi = max(axes[0][0].get_xlim()[1], axes[0][1].get_xlim()[1])
+        for ax in axes[0]:
+            ax.set_xlim(lo, hi)  # one x range, so a bar compares across the two readings
+        fig.suptitle(str(study.get("title") or study.get("name") or "ablation"))
+        foot = (f"bar: IQM of the full agent minus IQM of the ablated one over runs x games of the "
+                f"{scope.score_name} ({scope.games_text}); positive: the removal costs score. Error bar: 95% CI "
+                f"of the difference, stratified bootstrap of each side's runs per game ({num.opts.reps} draws). "
+                f"Equal frames: per game the env frames every run reached ({reading.span()}). Sorted by the "
+                f"equal-frames drop; hatched: another agent, for comparison. {scope.hardware}.")  # fmt: skip
+        fig.text(0.5, 0.0, textwrap.fill(foot, 130), ha="center", va="top", fontsize=7, color="0.35",
+                 style="italic")  # fmt: skip
+        fig.set_layout_engine("constrained")
+        return F.save(fig, stem, num.opts.formats)
+
+
+# variants ----------------------------------------------------------------------------------
+
+
+@dataclass
+class Diagnostic:
+    """One learner.csv column over a study's runs."""
+
+    name: str
+    per_run: dict[str, dict[str, list[float]]]  # label -> game -> second-half means of the runs that log it
+    missing: dict[str, int]  # label -> runs without the column (or without learner.csv)
+    curves: dict[str, list[tuple[np.ndarray, np.ndarray]]]  # label -> per run (wall_s, value)
+
+
+def _diagnostic(num: Numbers, scope: Scope, name: str) -> Diagnostic:
+    from plots.load import read_ledger
+
+    d = Diagnostic(name, {lab: {g: [] for g in scope.games} for lab in scope.labels},
+                   dict.fromkeys(scope.labels, 0), {lab: [] for lab in scope.labels})  # fmt: skip
+    for lab in scope.labels:
+        for g in scope.games:
+            for r in _cell(num, lab, g, scope.normalised):
+                cols, _, bad = read_ledger(r.path / "learner.csv", ())
+                wall, y = cols.get("wall_s"), cols.get(name)
+                if bad or wall is None or y is None or not len(y):
+                    d.missing[lab] += 1
+                    continue
+                d.per_run[lab][g].append(second_half_mean(wall, y, r.total("wall_s")))
+                d.curves[lab].append((wall, y))
+    return d
+
+
+def second_half_mean(wall: np.ndarray, y: np.ndarray, train_wall_s: float) -> float:
+    """Mean of ``y`` over the learner rows logged in the second half of the run's training wall
+    clock (``wall_s > train_wall_s / 2``; the last row's wall_s when the total is unknown), empty
+    fields ignored: what the learner settled at, not its first updates. NaN when no value."""
+    end = train_wall_s if math.isfinite(train_wall_s) and train_wall_s > 0 else float(np.nanmax(wall))
+    v = y[(wall > end / 2) & np.isfinite(y)]
+    return float(np.mean(v)) if v.size else math.nan
+
+
+def _variants(study: dict, num: Numbers, fig_dir: Path, hardware: str) -> StudyResult:
+    scope = _scope(num, study, hardware, _arm_order(study, list(num.labels)), "arm")
+    o = num.opts
+    base, others = scope.labels[0], scope.labels[1:]
+    est, pairs = _wall_estimates(num, scope), _wall_pairs(num, scope)
+    wmats = {lab: _wall_matrix(num, scope, lab) for lab in scope.labels}
+    vs = {}
+    for lab in others:
+        diff = stats.iqm_difference(wmats[lab], wmats[base], o.reps, o.seed)
+        vs[lab] = {"diff": diff, "poi": _poi(pairs, lab, base), "resolved": _excludes_zero(diff),
+                   "better": math.isfinite(diff.point) and diff.point > 0}  # fmt: skip
+    diags = [_diagnostic(num, scope, name) for name in study.get("diagnostics") or []]
+    diag_json = {}
+    for d in diags:
+        mats = {lab: stats.pad_runs([d.per_run[lab][g] for g in scope.games]) for lab in scope.labels}
+        arms = {}
+        for lab in scope.labels:
+            logged = int(np.isfinite(mats[lab]).sum())
+            if not any(d.per_run[lab][g] for g in scope.games):
+                arms[lab] = {"status": "not logged", "runs": 0, "runs_missing": d.missing[lab]}
+                continue
+            arms[lab] = {
+                "status": "ok", "runs": logged, "runs_missing": d.missing[lab],
+                "iqm": stats.iqm_estimate(mats[lab], o.reps, o.seed),
+                "per_game": {g: stats.iqm_estimate(stats.pad_runs([d.per_run[lab][g]]), o.reps, o.seed)
+                             for g in scope.games},
+                "per_run": {g: d.per_run[lab][g] for g in scope.games},
+            }  # fmt: skip
+            if lab != base and arms.get(base, {}).get("status") == "ok":
+                diff = stats.iqm_difference(mats[lab], mats[base], o.reps, o.seed)
+                arms[lab]["vs_baseline"] = diff
+                arms[lab]["resolved"] = _excludes_zero(diff)
+        logged_any = any(a["status"] == "ok" for a in arms.values())
+        diag_json[d.name] = {"status": "ok" if logged_any else "not logged", "arms": arms}
+    numbers = _clean({
+        "kind": "variants", "scope": scope.as_json(), "score": "normalised" if scope.normalised else "raw",
+        "last_episodes": o.last_episodes, "bootstrap": {"reps": o.reps, "seed": o.seed}, "baseline": base,
+        "iqm": est, "poi": _pairs_json(pairs), "vs_baseline": vs,
+        "diagnostics_summary": "per run: mean of the learner.csv column over the rows logged in the second half of "
+                               "its training wall clock; per arm: IQM over runs x games with a 95% stratified-"
+                               "bootstrap CI, and per game",
+        "diagnostics": diag_json,
+        "compute": {lab: _compute(num, scope, lab) for lab in scope.labels},
+    })  # fmt: skip
+    figures = _variants_figure(_stem(fig_dir, study, "variants"), study, num, scope, est, diags, numbers)
+    default = "Other hardware or a longer budget, which change how many updates each variant makes."
+    return StudyResult(numbers=numbers, figures=figures, answer=_variants_answer(scope, numbers),
+                       change=_one_line(study.get("change") or default))  # fmt: skip
+
+
+def _variants_answer(scope: Scope, n: dict) -> str:
+    base = n["baseline"]
+    parts = [f"{scope.prefix()}, the {scope.iqm_name} with 95% CI at equal wall clock is "
+             f"{_list_est({k: _e(v) for k, v in n['iqm'].items()}, scope.labels)}."]  # fmt: skip
+    clauses = []
+    for lab, v in n["vs_baseline"].items():
+        diff, poi = _e(v["diff"]), _e(v["poi"])
+        if not math.isfinite(diff.point):
+            clauses.append(f"{lab} has no score")
+            continue
+        word = "above" if v["better"] else "below"
+        res = ("resolved" if v["resolved"] else "not resolved" if diff.has_ci else "no CI")
+        clauses.append(f"{lab} {'+' if diff.point >= 0 else ''}{_est(diff)} {word} it "
+                       f"(P({lab} > {base}) = {_est(poi)}, {res})")  # fmt: skip
+    if clauses:
+        beat = [lab for lab, v in n["vs_baseline"].items() if v["better"] and v["resolved"]]
+        verdict = (f"{_and_words(beat)} beat{'s' if len(beat) == 1 else ''} the baseline, resolved" if beat else
+                   "no arm is resolved above the baseline")  # fmt: skip
+        parts.append(f"Against the baseline {base} (difference of IQMs, 95% CI): {'; '.join(clauses)}; {verdict}.")
+    diag = []
+    for name, d in n["diagnostics"].items():
+        if d["status"] == "not logged":
+            diag.append(f"{name}: not logged")
+            continue
+        items = []
+        for lab, a in d["arms"].items():
+            if a["status"] == "not logged":
+                items.append(f"{lab} not logged")
+                continue
+            txt = f"{lab} {_est(_e(a['iqm']))}"
+            if "vs_baseline" in a and a["resolved"]:
+                txt += f" ({'above' if _e(a['vs_baseline']).point > 0 else 'below'} {base}, resolved)"
+            items.append(txt)
+        diag.append(f"{name}: " + ", ".join(items))
+    if diag:
+        parts.append("Diagnostics (per run the mean over the second half of training wall clock; IQM over runs "
+                     "with 95% CI): " + "; ".join(diag) + ".")  # fmt: skip
+    return " ".join(parts) + scope.raw_note()
+
+
+def _and_words(words: list[str]) -> str:
+    return words[0] if len(words) == 1 else f"{', '.join(words[:-1])} and {words[-1]}"
+
+
+def _smooth(y: np.ndarray) -> np.ndarray:
+    """Trailing mean over 2% of a run's rows (empty fields skipped): one update's value is noisy,
+    and the curve is meant to show the trend."""
+    k = max(1, len(y) // 50)
+    ok = np.isfinite(y)
+    c = np.cumsum(np.where(ok, y, 0.0))
+    n = np.cumsum(ok)
+    c = np.concatenate([[0.0], c])
+    n = np.concatenate([[0], n])
+    lo = np.maximum(np.arange(1, len(y) + 1) - k, 0)
+    hi = np.arange(1, len(y) + 1)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return (c[hi] - c[lo]) / (n[hi] - n[lo])
+
+
+def _variants_figure(stem: Path, study: dict, num: Numbers, scope: Scope, est: dict[str, Estimate],
+                     diags: list[Diagnostic], n: dict) -> list[Path]:  # fmt: skip
+    from plots import figures as F
+
+    order = scope.labels
+    colors = F.colors_for(order)
+    shown = {lab: f"{lab} (n={min(scope.n_runs[lab].values(), default=0)})" for lab in order}
+    pcolors = {shown[lab]: colors[lab] for lab in order}
+    budget = _duration(scope.budget_s) if scope.budget_s else "the budget"
+    ncols = 1 + len(diags)
+    with F.paper_style():
+        fig, axes = F.new_figure(ncols, 2, panel_w=3.0, panel_h=max(0.4 * len(order) + 1.2, 2.4))
+        F.draw_interval(axes[0][0], {shown[lab]: est[lab] for lab in order}, [shown[lab] for lab in order], pcolors,
+                        f"score at equal wall clock ({budget})", show_labels=True)  # fmt: skip
+        axes[0][0].set_xlabel(f"{'normalised' if scope.normalised else 'raw'} score (IQM)")
+        axes[0][0].invert_yaxis()
+        curves = (num.agg_curves or {}).get("wall") or {}
+        ax = axes[1][0]
+        if curves:
+            for lab in order:
+                if lab in curves:
+                    F.draw_curve(ax, curves[lab], colors[lab], lab)
+            ax.set_xlabel("training wall clock (s)")
+            ax.set_ylabel("normalised score (IQM)")
+            ax.set_title("score vs wall clock")
+        else:
+            ax.set_axis_off()
+        for j, d in enumerate(diags, start=1):
+            ax, ax_c = axes[0][j], axes[1][j]
+            dj = n["diagnostics"][d.name]["arms"]
+            ests = {shown[lab]: _e(dj[lab]["iqm"]) if dj[lab]["status"] == "ok" else Estimate(math.nan, math.nan,
+                    math.nan) for lab in order}  # fmt: skip
+            F.draw_interval(ax, ests, [shown[lab] for lab in order], pcolors, f"{d.name} (2nd half)",
+                            show_labels=False)  # fmt: skip
+            for i, lab in enumerate(order):
+                v = [x for g in scope.games for x in d.per_run[lab][g] if math.isfinite(x)]
+                if v:
+                    ax.plot(v, np.full(len(v), i) + np.linspace(-0.15, 0.15, len(v)), "o", ms=2.5, color="k",
+                            alpha=0.6)  # fmt: skip
+                elif dj[lab]["status"] != "ok":
+                    F.note_at(ax, i, "not logged")
+            ax.invert_yaxis()
+            ax.set_xlabel(d.name)
+            runs = [(w, _smooth(y)) for lab in order for w, y in d.curves[lab]]
+            if not runs:
+                ax_c.set_axis_off()
+                continue
+            end = max(float(np.nanmax(w)) for w, _ in runs)
+            grid = np.linspace(0.0, end, num.opts.grid_points)
+            for lab in order:
+                if not d.curves[lab]:
+                    continue
+                m = np.stack([stats.step_resample(w, _smooth(y), grid) for w, y in d.curves[lab]])  # [runs, G]
+                ax_c.plot(grid, stats.nan_iqm(m, axis=0), color=colors[lab], label=lab, drawstyle="steps-post")
+            ax_c.set_xlabel("training wall clock (s)")
+            ax_c.set_title(f"{d.name} vs wall clock")
+        # In the first curve panel: a figure-level legend below would collide with the footnote.
+        lined = next((a for a in axes[1] if a.get_legend_handles_labels()[0]), None)
+        if lined is not None:
+            lined.legend(fontsize=7, loc="best")
+        fig.suptitle(str(study.get("title") or study.get("name") or "variants"))
+        foot = (f"top left: IQM over runs x games of the {scope.score_name} ({scope.games_text}), 95% "
+                f"stratified-bootstrap CI ({num.opts.reps} draws); n: runs per game. Top, other panels: each "
+                "diagnostic's mean over the second half of a run's training wall clock (dots: runs), IQM over "
+                "runs with 95% CI. Bottom: the diagnostic (trailing mean over 2% of the rows) against training "
+                f"wall clock, IQM over runs on a common grid (step-wise). {scope.hardware}.")  # fmt: skip
+        fig.text(0.5, 0.0, textwrap.fill(foot, 150), ha="center", va="top", fontsize=7, color="0.35",
+                 style="italic")  # fmt: skip
+        fig.set_layout_engine("constrained")
+        return F.save(fig, stem, num.opts.formats)
+
+
+__all__ = ["KINDS", "FramesReading", "StudyResult", "analyse", "frames_reading", "score_at_frames",
+           "second_half_mean", "split_label"]  # fmt: skip

@@ -15,11 +15,12 @@ Aggregates and uncertainty (Agarwal et al. 2021, "Deep RL at the Edge of the Sta
 Precipice", NeurIPS; the rliable library)
     IQM, median, mean and optimality gap over a ``[runs, tasks]`` score matrix, with percentile
     stratified-bootstrap CIs from ``rliable.library.get_interval_estimates``; performance
-    profiles; probability of improvement. rliable draws its bootstrap indices from NumPy's
-    *global* RNG, so every call here runs under :func:`seeded`, which seeds it and restores the
-    previous state afterwards; each agent is bootstrapped in its own seeded call, so adding an
-    agent to a report does not change another agent's intervals. ``reps`` is always an argument
-    (rliable's 50,000 default takes minutes; 2,000 is the report default, tests use ~200).
+    profiles; probability of improvement; the difference of two IQMs. rliable draws its
+    bootstrap indices from NumPy's *global* RNG, so every call here runs under :func:`seeded`,
+    which seeds it and restores the previous state afterwards; each agent is bootstrapped in its
+    own seeded call, so adding an agent to a report does not change another agent's intervals.
+    ``reps`` is always an argument (rliable's 50,000 default takes minutes; 2,000 is the report
+    default, tests use ~200).
 
 Ragged data
     Matrices may be NaN-padded (a game with fewer seeds than another, a run that ended before a
@@ -336,16 +337,41 @@ def probability_of_improvement(x: np.ndarray, y: np.ndarray, reps: int, seed: in
     """P(X > Y): the probability that a run of X beats a run of Y on a random task, averaged
     over tasks, with a 95% CI from independently resampling the runs of X and of Y within each
     task. ``x``: ``[runs_x, tasks]``, ``y``: ``[runs_y, tasks]``."""
-    from rliable import library as rly
-
     x, y = np.asarray(x, dtype=np.float64), np.asarray(y, dtype=np.float64)
     point = _poi(x, y)
     if _runs_per_task(x) < 2 and _runs_per_task(y) < 2:
         return Estimate(point, math.nan, math.nan)
+    return Estimate(point, *_two_sample_ci(x, y, _poi, reps, seed))
+
+
+def _two_sample_ci(x: np.ndarray, y: np.ndarray, fn, reps: int, seed: int) -> tuple[float, float]:
+    """95% CI of ``fn(x, y)`` from rliable's stratified bootstrap resampling the runs of X and of
+    Y independently within each task."""
+    from rliable import library as rly
+
     with seeded(seed), _quiet():
-        _, ci = rly.get_interval_estimates({"x": [x, y]}, _poi, reps=reps, confidence_interval_size=CI_SIZE)
+        _, ci = rly.get_interval_estimates({"x": [x, y]}, fn, reps=reps, confidence_interval_size=CI_SIZE)
     ci = np.asarray(ci["x"]).reshape(2, -1)
-    return Estimate(point, float(ci[0, 0]), float(ci[1, 0]))
+    return float(ci[0, 0]), float(ci[1, 0])
+
+
+def _iqm_diff(x: np.ndarray, y: np.ndarray) -> np.ndarray:
+    return _iqm(x) - _iqm(y)
+
+
+def iqm_difference(x: np.ndarray, y: np.ndarray, reps: int, seed: int) -> Estimate:
+    """IQM(X) - IQM(Y) (each over runs x tasks) with a 95% CI from independently resampling the
+    runs of X and of Y within each task, as :func:`probability_of_improvement` does. The CI is
+    absent unless both have two runs on some task: with one side fixed the interval would show
+    only the other side's spread and look tighter than it is. ``x``: ``[runs_x, tasks]``,
+    ``y``: ``[runs_y, tasks]``, NaN-padded."""
+    x, y = np.asarray(x, dtype=np.float64), np.asarray(y, dtype=np.float64)
+    if not (np.isfinite(x).any() and np.isfinite(y).any()):
+        return Estimate(math.nan, math.nan, math.nan)
+    point = float(_iqm_diff(x, y)[0])
+    if _runs_per_task(x) < 2 or _runs_per_task(y) < 2:
+        return Estimate(point, math.nan, math.nan)
+    return Estimate(point, *_two_sample_ci(x, y, _iqm_diff, reps, seed))
 
 
 def pad_runs(columns: list[list[float]]) -> np.ndarray:

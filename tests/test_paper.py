@@ -230,6 +230,9 @@ def test_killed_then_rerun_skips_finished_runs_and_duplicates_nothing(tmp_path):
         (TINY.replace("[arms.random-4env]", "[arms.report]"), "[arms.report]: the label must be"),
         (TINY.replace('time = "2s"', ""), "give a budget"),
         ("name = \n", "malformed TOML"),
+        ('diagnostics = ["kl"]\n' + TINY, 'diagnostics is read only by kind = "variants"'),
+        ('diagnostics = []\n' + TINY.replace('kind = "arms"', 'kind = "variants"'),
+         "diagnostics = [] must be a non-empty list"),
     ],
 )
 def test_bad_study_file_is_one_line_and_exit_2(tmp_path, text, message):

@@ -4,6 +4,7 @@ last-100-episode window a run's score at a row is exactly that row's return)."""
 
 from __future__ import annotations
 
+import gzip
 import json
 from pathlib import Path
 
@@ -13,7 +14,7 @@ import pytest
 from bench.errors import UserError
 from plots import load
 from plots.normalize import normalize
-from plots.paper_findings import analyse, score_at_frames, split_label
+from plots.paper_findings import analyse, score_at_frames, second_half_mean, split_label
 from plots.report import compute
 from tests.test_report import opts, write_run
 
@@ -43,6 +44,21 @@ def make_run(root: Path, label: str, agent: str, game: str, seed: int, returns, 
         cfg["env"]["family"] = "minatar"
     (path / "config.json").write_text(json.dumps(cfg))
     return path
+
+
+def write_learner(path: Path, columns: dict, rows: int, gz: bool = False) -> None:
+    """Replace a run's learner.csv with one row per second of wall clock (wall_s = 1..rows) and
+    the given columns, each ``f(wall_s)``; ``gz``: as an archive keeps it (learner.csv.gz only)."""
+    names = ["wall_s", "env_steps", "grad_steps", *columns]
+    lines = [",".join(names)]
+    for w in range(1, rows + 1):
+        lines.append(",".join([repr(float(w)), str(1000 * w), str(10 * w)] + [repr(float(f(w))) for f in columns.values()]))
+    text = "\n".join(lines) + "\n"
+    (path / "learner.csv").unlink()
+    if gz:
+        (path / "learner.csv.gz").write_bytes(gzip.compress(text.encode(), mtime=0))
+    else:
+        (path / "learner.csv").write_text(text)
 
 
 def numbers_of(root: Path):
@@ -286,6 +302,153 @@ def test_arms_compare_score_and_throughput(tmp_path):
     assert "4.0x rainbow-cleanrl's" in a and "2.0x its gradient samples" in a
     assert res.change == "Other hardware or a longer budget, which change the throughput ratio between the arms."
     assert tmp_path / "figs" / "data-pipeline.png" in res.figures
+
+
+# ablation ----------------------------------------------------------------------------------
+
+# All BTR arms log 1000 env steps per 2 s row; the full agent and most ablations run 30 rows
+# (120k frames), btr-no-noisy only 15 (60k frames), so F_g = 60k frames = row 15 for every arm.
+# Return at row i (+ seed k):                 at equal frames (row 15)  at the budget (last row)
+#   btr (full)          10 i                  150                       300
+#   btr-no-impala        5 i                   75  drop  75             150  drop 150
+#   btr-no-munchausen  140                    140  drop  10             140  drop 160
+#   btr-no-noisy        10 i + 10             160  drop -10  (row 15)   160  drop 140
+#   rainbow              5 i (20 rows x 3 s)   75  drop  75             100  drop 200
+ABLATION = {  # label: (agent, returns(i), rows)
+    "btr": ("btr", lambda i: 10 * i, 30),
+    "btr-no-impala": ("btr", lambda i: 5 * i, 30),
+    "btr-no-munchausen": ("btr", lambda i: 140, 30),
+    "btr-no-noisy": ("btr", lambda i: 10 * i + 10, 15),
+    "rainbow": ("rainbow", lambda i: 5 * i, 20),
+}
+DROPS = {"btr-no-impala": (75, 150), "btr-no-munchausen": (10, 160), "btr-no-noisy": (-10, 140), "rainbow": (75, 200)}
+
+
+@pytest.fixture(scope="module")
+def ablation_num(tmp_path_factory):
+    root = tmp_path_factory.mktemp("ablation")
+    for label, (agent, f, rows) in ABLATION.items():
+        for seed in SEEDS:
+            make_run(root, label, agent, "puffer_breakout", seed, lambda i, f=f, k=seed: f(i) + k, rows=rows,
+                     steps_per_row=1000)  # fmt: skip
+    return numbers_of(root)
+
+
+ABLATION_STUDY = {"name": "btr-ablations", "title": "BTR ablations", "kind": "ablation", "games": ["puffer_breakout"],
+                  "arms": {lab: {"agent": a, **({"impala": False} if lab == "btr-no-impala" else {})}
+                           for lab, (a, _, _) in ABLATION.items()}}  # fmt: skip
+
+
+def test_ablation_ranks_the_drops_at_equal_frames_and_at_equal_wall_clock(ablation_num, tmp_path):
+    res = analyse("ablation", ABLATION_STUDY, ablation_num, tmp_path / "figs", HARDWARE)
+    n = res.numbers
+    g = "puffer_breakout"
+    assert n["reference"]["label"] == "btr" and n["frames"]["per_game"][g] == 60_000
+    assert n["reference"]["iqm_wall"]["point"] == pytest.approx(normalize(g, 302.0))
+    assert n["reference"]["iqm_frames"]["point"] == pytest.approx(normalize(g, 152.0))
+    for lab, (d_frames, d_wall) in DROPS.items():
+        a = n["arms"][lab]
+        # The same seed offsets in every arm: the IQM difference is the return difference, normalised.
+        assert a["drop_frames"]["point"] == pytest.approx(normalize(g, 200.0 + d_frames) - normalize(g, 200.0))
+        assert a["drop_wall"]["point"] == pytest.approx(normalize(g, 200.0 + d_wall) - normalize(g, 200.0))
+        assert a["drop_wall"]["lo"] <= a["drop_wall"]["point"] <= a["drop_wall"]["hi"]
+        assert a["resolved_wall"] and a["resolved_frames"]
+    assert n["arms"]["btr-no-impala"]["options"] == {"impala": False}
+    assert n["arms"]["rainbow"]["role"] == "comparison" and n["arms"]["rainbow"]["rank_wall"] is None
+    rk = n["ranking"]
+    assert rk["frames"] == ["btr-no-impala", "btr-no-munchausen", "btr-no-noisy"]
+    assert rk["wall"] == ["btr-no-munchausen", "btr-no-impala", "btr-no-noisy"]
+    assert rk["ranking_differs"] and rk["top_differs"]
+    assert n["arms"]["btr-no-munchausen"]["rank_wall"] == 1 and n["arms"]["btr-no-munchausen"]["rank_frames"] == 2
+    assert n["claim"]["verdict"] == "consistent"
+    assert n["compute"]["btr-no-noisy"]["frames"] == pytest.approx(60_000)
+    a = res.answer
+    assert "The ranking differs between the two readings" in a and "the largest contributor differs too" in a
+    assert "Impala CNN and Munchausen are the largest contributors: consistent at equal frames" in a
+    assert "For comparison, the drop from full btr to rainbow (rainbow)" in a
+    assert res.change == "A GPU or longer budgets, which change what each component costs in wall clock and how " \
+        "long training runs for the components that stabilise it to matter."  # fmt: skip
+    assert sorted(p.name for p in res.figures) == ["btr-ablations.pdf", "btr-ablations.png"]
+
+
+def test_ablation_without_the_claimed_arms_says_not_tested(ablation_num, tmp_path):
+    study = {**ABLATION_STUDY, "arms": {k: v for k, v in ABLATION_STUDY["arms"].items() if k != "btr-no-impala"}}
+    runs = [r for r in ablation_num.runs if r.label != "btr-no-impala"]
+    root = tmp_path / "runs"
+    for r in runs:  # the same runs without one arm
+        dst = root / r.label / r.game / f"seed{r.seed}"
+        dst.mkdir(parents=True)
+        for f in r.path.iterdir():
+            (dst / f.name).write_bytes(f.read_bytes())
+    res = analyse("ablation", study, numbers_of(root), tmp_path / "figs", HARDWARE)
+    assert res.numbers["claim"]["verdict"] == "not tested"
+    assert "largest contributors is not tested here (no arm btr-no-impala)" in res.answer
+    assert not res.numbers["ranking"]["ranking_differs"]  # munchausen above noisy at both readings
+
+
+# variants ----------------------------------------------------------------------------------
+
+# clip_frac at learner row w (wall_s = w, 60 rows, 60 s of training): (w + k) / 100 for ppo,
+# twice that for ppo-noclip; the second half is w = 31..60, mean (45.5 + k) / 100 per run.
+# kl is logged by ppo-noclip only, approx_kl by nobody.
+VARIANTS_STUDY = {"name": "ppo-trust-region", "kind": "variants", "games": ["puffer_breakout"],
+                  "diagnostics": ["clip_frac", "kl", "approx_kl"],
+                  "arms": {"ppo": {"agent": "ppo"}, "ppo-noclip": {"agent": "ppo", "clip_coef": 0.0}}}  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def variants_num(tmp_path_factory):
+    root = tmp_path_factory.mktemp("variants")
+    for seed in SEEDS:
+        path = make_run(root, "ppo", "ppo", "puffer_breakout", seed, lambda i, k=seed: 100 + k, rows=60,
+                        steps_per_row=1000)  # fmt: skip
+        write_learner(path, {"clip_frac": lambda w, k=seed: (w + k) / 100}, 60, gz=seed == 1)
+        path = make_run(root, "ppo-noclip", "ppo", "puffer_breakout", seed, lambda i, k=seed: 150 + k, rows=60,
+                        steps_per_row=1000)  # fmt: skip
+        write_learner(path, {"clip_frac": lambda w, k=seed: 2 * (w + k) / 100, "kl": lambda w: 0.01 * w}, 60)
+    return numbers_of(root)
+
+
+def test_second_half_mean():
+    wall = np.arange(1.0, 11.0)
+    assert second_half_mean(wall, wall, 10.0) == pytest.approx(8.0)  # rows 6..10
+    assert second_half_mean(wall, wall, float("nan")) == pytest.approx(8.0)  # the last row's wall_s
+    y = wall.copy()
+    y[-1] = np.nan
+    assert second_half_mean(wall, y, 10.0) == pytest.approx(7.5)  # empty fields are skipped
+
+
+def test_variants_summarise_the_diagnostics_as_second_half_means(variants_num, tmp_path):
+    res = analyse("variants", VARIANTS_STUDY, variants_num, tmp_path / "figs", HARDWARE)
+    n = res.numbers
+    g = "puffer_breakout"
+    assert n["baseline"] == "ppo" and n["scope"]["labels"] == ["ppo", "ppo-noclip"]
+    v = n["vs_baseline"]["ppo-noclip"]
+    assert v["diff"]["point"] == pytest.approx(normalize(g, 152.0) - normalize(g, 102.0))
+    assert v["better"] and v["resolved"] and v["poi"]["point"] == 1.0
+    clip = n["diagnostics"]["clip_frac"]["arms"]
+    assert clip["ppo"]["status"] == "ok" and clip["ppo"]["runs"] == 3  # seed 1 read from learner.csv.gz
+    assert sorted(clip["ppo"]["per_run"][g]) == pytest.approx([(45.5 + k) / 100 for k in SEEDS])
+    assert clip["ppo"]["iqm"]["point"] == pytest.approx(0.475)
+    assert clip["ppo-noclip"]["iqm"]["point"] == pytest.approx(0.95)
+    assert clip["ppo-noclip"]["per_game"][g]["point"] == pytest.approx(0.95)
+    assert clip["ppo-noclip"]["vs_baseline"]["point"] == pytest.approx(0.475) and clip["ppo-noclip"]["resolved"]
+    kl = n["diagnostics"]["kl"]
+    assert kl["status"] == "ok" and kl["arms"]["ppo"] == {"status": "not logged", "runs": 0, "runs_missing": 3}
+    assert kl["arms"]["ppo-noclip"]["iqm"]["point"] == pytest.approx(0.455)
+    assert n["diagnostics"]["approx_kl"]["status"] == "not logged"
+    a = res.answer
+    assert "ppo-noclip beats the baseline, resolved" in a
+    assert "clip_frac: ppo 0.47 [" in a and "(above ppo, resolved)" in a
+    assert "kl: ppo not logged, ppo-noclip 0.46" in a and "approx_kl: not logged" in a
+    assert sorted(p.name for p in res.figures) == ["ppo-trust-region.pdf", "ppo-trust-region.png"]
+
+
+def test_variants_numbers_are_deterministic_json(variants_num, tmp_path):
+    a = analyse("variants", VARIANTS_STUDY, variants_num, tmp_path / "a", HARDWARE)
+    b = analyse("variants", VARIANTS_STUDY, variants_num, tmp_path / "b", HARDWARE)
+    text = json.dumps(a.numbers, sort_keys=True, allow_nan=False)
+    assert text == json.dumps(b.numbers, sort_keys=True, allow_nan=False) and a.answer == b.answer
 
 
 # Refusals ----------------------------------------------------------------------------------
