@@ -30,6 +30,13 @@ def cpu_model() -> str:
     return cpuinfo("model name") or platform.processor() or platform.machine()
 
 
+def cpu_id() -> str | None:
+    """'family 6 model 167': tells apart CPUs that share a marketing name ("Intel(R) Xeon(R)
+    Processor" covers several generations with different vector units); None off x86 Linux."""
+    fam, mod = cpuinfo("cpu family"), cpuinfo("model")
+    return f"family {fam} model {mod}" if fam and mod else None
+
+
 def _version(dist: str) -> str | None:
     try:
         return metadata.version(dist)
@@ -56,6 +63,8 @@ def fingerprint(device: torch.device | None = None) -> dict:
         gpu = torch.cuda.get_device_name(device if device is not None else 0)
     return {
         "cpu": cpu_model(),
+        "cpu_id": cpu_id(),
+        "cpu_isa": torch.backends.cpu.get_cpu_capability(),  # the vector unit torch's kernels use: AVX512, ...
         "cores": os.cpu_count(),
         "cores_allowed": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count(),
         # the cores this process may run on (a runner's pinned share, or taskset's)
@@ -74,8 +83,11 @@ def fingerprint(device: torch.device | None = None) -> dict:
 
 
 def hardware_key(fp: dict) -> str:
-    """What must match for wall-clock numbers to be pooled: CPU model, core share, GPU."""
-    return f"{fp.get('cpu')} x{fp.get('cores_allowed') or fp.get('cores')} | gpu={fp.get('gpu')}"
+    """What must match for wall-clock numbers to be pooled (defined in plots.load, which does not
+    import torch, so the report reads the same key)."""
+    from plots.load import hardware_key as key
+
+    return key(fp)
 
 
 CODE_ROOT = Path(__file__).resolve().parent.parent  # the tree the harness runs from

@@ -456,7 +456,7 @@ def print_dry_run(plans: list[Plan]) -> None:
 def check_share(plan: Plan) -> None:
     """Refuse to run a study's remaining runs on another CPU share than its finished runs had: the
     report would not pool the two (hardware fingerprints differ) after all the training."""
-    from bench.fingerprint import cpu_model
+    from bench.fingerprint import cpu_id, cpu_model
     from bench.runner import allowed_cpus
 
     cpus = allowed_cpus()
@@ -466,6 +466,8 @@ def check_share(plan: Plan) -> None:
     share, model = len(cpus) // plan.workers, cpu_model()
     for s in plan.archived[:1]:
         fp = _read(plan.archive(s) / "config.json").get("fingerprint") or {}
+        if fp.get("cpu_id"):  # recorded since 2026-12: compare it too (older archives: the name alone)
+            model, fp = f"{model} [{cpu_id()}]", {**fp, "cpu": f"{fp.get('cpu')} [{fp['cpu_id']}]"}
         if None not in (fp.get("cpu"), fp.get("cores_allowed")) and (fp["cpu"], fp["cores_allowed"]) != (model, share):
             raise UserError(f"study {plan.study.name}: its finished runs had {fp.get('cores_allowed')} core(s) of "
                             f"'{fp.get('cpu')}' each; here {plan.workers} at a time give {share} of '{model}', and "
@@ -476,9 +478,15 @@ def check_share(plan: Plan) -> None:
 
 
 def hardware_text(fingerprints: list[dict]) -> str:
-    """'Intel(R) Xeon(R) Processor, 1 of 2 cores per run, no GPU'; several: joined with '; '."""
+    """'Intel(R) Xeon(R) Processor (family 6 model 167, AVX512), 1 of 2 cores per run, no GPU';
+    several: joined with '; '."""
+
+    def cpu(fp: dict) -> str:
+        ident = ", ".join(x for x in (fp.get("cpu_id"), fp.get("cpu_isa")) if x)
+        return f"{fp.get('cpu') or '?'}" + (f" ({ident})" if ident else "")
+
     seen = dict.fromkeys(
-        f"{fp.get('cpu') or '?'}, {fp.get('cores_allowed') or '?'} of {fp.get('cores') or '?'} cores per run, "
+        f"{cpu(fp)}, {fp.get('cores_allowed') or '?'} of {fp.get('cores') or '?'} cores per run, "
         + (f"GPU {fp['gpu']}" if fp.get("gpu") else "no GPU")
         for fp in fingerprints
     )

@@ -85,11 +85,10 @@ def _json(path: Path) -> dict | None:
 
 
 def hardware_key(fp: dict) -> str:
-    """What must match for wall-clock numbers to be pooled: CPU model, core share, GPU.
-
-    Same definition as ``bench.fingerprint.hardware_key`` (which imports torch); the tests check
-    that the two agree."""
-    return f"{fp.get('cpu')} x{fp.get('cores_allowed') or fp.get('cores')} | gpu={fp.get('gpu')}"
+    """What must match for wall-clock numbers to be pooled: CPU model (with its family/model id
+    where recorded; runs made before it was recorded keep their old key), core share, GPU."""
+    cpu = f"{fp.get('cpu')} [{fp['cpu_id']}]" if fp.get("cpu_id") else f"{fp.get('cpu')}"
+    return f"{cpu} x{fp.get('cores_allowed') or fp.get('cores')} | gpu={fp.get('gpu')}"
 
 
 @dataclass

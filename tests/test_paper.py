@@ -257,3 +257,35 @@ def test_bad_command_lines_are_one_line(tmp_path):
 def test_paper_study_files_expand(path, tmp_path):
     specs = study_specs(load_study(path), tmp_path)
     assert specs and len({s.out for s in specs}) == len(specs)
+
+
+def test_cpu_id_separates_machines_that_share_a_name(tmp_path):
+    """Two Xeons with one marketing name but different family/model ids do not pool, and a study
+    whose finished runs came from the other one refuses to resume here (one line, exit 2)."""
+    from bench.fingerprint import cpu_id, fingerprint
+    from bench.paper import hardware_text
+    from plots.load import hardware_key
+
+    a = {"cpu": "Intel(R) Xeon(R) Processor", "cpu_id": "family 6 model 143", "cores": 2, "cores_allowed": 1}
+    b = {**a, "cpu_id": "family 6 model 167"}
+    old = {k: v for k, v in a.items() if k != "cpu_id"}  # recorded before the id was
+    assert hardware_key(a) != hardware_key(b)
+    assert hardware_key(old) == "Intel(R) Xeon(R) Processor x1 | gpu=None"  # old archives keep their key
+    assert "family 6 model 167" in hardware_text([{**b, "cpu_isa": "AVX512"}]) and "AVX512" in hardware_text(
+        [b | {"cpu_isa": "AVX512"}]
+    )
+    assert fingerprint()["cpu_id"] == cpu_id()
+    if cpu_id() is None:
+        pytest.skip("no family/model in /proc/cpuinfo here")
+    studies(tmp_path, resume=RESUME)
+    code, out, err = paper(tmp_path, "--workers", "1")
+    assert code == 0, out + err
+    arch = tmp_path / "results" / "resume" / "r2" / GAME_DIR / "seed2"
+    shutil.rmtree(arch)
+    shutil.rmtree(tmp_path / "runs" / "resume" / "r2" / GAME_DIR / "seed2")
+    cfg_path = tmp_path / "results" / "resume" / "r2" / GAME_DIR / "seed1" / "config.json"
+    cfg = json.loads(cfg_path.read_text())
+    cfg["fingerprint"]["cpu_id"] = "family 99 model 1"
+    cfg_path.write_text(json.dumps(cfg))
+    code, out, err = paper(tmp_path, "--workers", "1")
+    assert code == 2 and "family 99 model 1" in err and len(err.strip().splitlines()) == 1, out + err
