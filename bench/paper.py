@@ -481,8 +481,14 @@ def hardware_text(fingerprints: list[dict]) -> str:
     """'Intel(R) Xeon(R) Processor (family 6 model 167, AVX512), 1 of 2 cores per run, no GPU';
     several: joined with '; '."""
 
+    # Archives from before cpu_id was recorded: where the same CPU name also appears with its
+    # family/model, say the older runs' is unknown rather than list the machine twice unexplained.
+    identified = {fp.get("cpu") for fp in fingerprints if fp.get("cpu_id")}
+
     def cpu(fp: dict) -> str:
         ident = ", ".join(x for x in (fp.get("cpu_id"), fp.get("cpu_isa")) if x)
+        if not ident and fp.get("cpu") in identified:
+            ident = "family/model not recorded"
         return f"{fp.get('cpu') or '?'}" + (f" ({ident})" if ident else "")
 
     seen = dict.fromkeys(
@@ -625,7 +631,9 @@ def study_section(plan: Plan, results_root: Path, docs_root: Path) -> tuple[list
         why = f"cannot be planned yet: {plan.error}"
         return lines + [f"**Status:** {why}", ""], why, False
     lines += ["**Setup.**", ""] + [f"- {x}" for x in setup_text(plan)]
-    doc = _read(results_root / st.name / "report" / "summary.json")
+    # The report folder is not committed; the copy under docs/ is, so a page rebuilt on a fresh
+    # clone with --only keeps the other studies' published sections.
+    doc = _read(results_root / st.name / "report" / "summary.json") or _read(docs_root / st.name / "summary.json")
     # An analysis of fewer runs than the study now has (its file grew since) is not shown either.
     complete = plan.complete and (doc.get("study") or {}).get("runs") == len(plan.specs)
     if not complete:

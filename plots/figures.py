@@ -8,6 +8,7 @@ them reads files or computes a statistic. The Agg backend is used, so figures bu
 from __future__ import annotations
 
 import math
+import textwrap
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -193,6 +194,8 @@ def curves_figure(panels: list[CurvePanel], colors: dict[str, str], ylabel: str,
             note(ax, "no data on this axis", loc="upper left")
     axes[0][0].set_ylabel(ylabel)
     shared_legend(fig, axes[0])
+    # A long game list would set the figure's width; wrap it to the panels' width instead.
+    title = "\n".join(textwrap.wrap(title, width=max(60, 45 * len(panels)), break_on_hyphens=False))
     if any((~c.full & (c.n > 0)).any() for p in panels for c in p.curves.values()):
         title += "\ndotted: not every run has data there (ended early or no episode yet), no CI"
     fig.suptitle(title, y=1.02)

@@ -112,7 +112,40 @@ def analyse(kind: str, study: dict, num: Numbers, fig_dir: Path, hardware: str) 
     }
     if kind not in handlers:
         raise UserError(f"study {study.get('name', '?')}: unknown kind {kind!r} (known: {', '.join(handlers)})")
-    return handlers[kind](study, num, fig_dir, hardware)
+    result = handlers[kind](study, num, fig_dir, hardware)
+    result.answer += _left_out_note(num)
+    return result
+
+
+def _left_out_note(num: Numbers) -> str:
+    """Games the study ran but its aggregates leave out, with why: a label that finished no
+    episode there within the budget has no score, and an IQM over a different set of games per
+    label would not compare. Said in the answer, since "8 games" where the study file lists 9
+    otherwise reads as a slip."""
+    if not num.agg_games:
+        return ""
+    notes = []
+    for g in num.games:
+        if g in num.agg_games:
+            continue
+        rs = [r for r in num.runs if r.game == g]
+        if not any(math.isfinite(num.scores[r.path].normalized) or not math.isfinite(num.scores[r.path].final)
+                   for r in rs):  # fmt: skip
+            notes.append(f"{g} has no normaliser")
+            continue
+        missing = []
+        for lab in num.labels:
+            mine = [r for r in rs if r.label == lab]
+            scored = sum(math.isfinite(num.scores[r.path].normalized) for r in mine)
+            if not scored:
+                missing.append(f"{_plain(lab)} ({len(mine)} run{'s' if len(mine) != 1 else ''}, "
+                               f"none with a finished episode)" if mine else f"{_plain(lab)} (no runs)")  # fmt: skip
+        if missing:
+            notes.append(f"{g} has no score for {', '.join(missing)} within the budget")
+    if not notes:
+        return ""
+    return (f" Left out of the aggregates, since an IQM over different games per label would not compare: "
+            f"{'; '.join(notes)}.")
 
 
 # Scope: which games, which scores, which budget ------------------------------------------
@@ -345,16 +378,53 @@ def _lead_text(lead: Lead, est: dict[str, Estimate], pairs, what: str, name: Cal
     a, b = lead.leader, lead.runner_up
     p = _poi(pairs, a, b)
     what = f" {what}" if what else ""
-    text = (f"{name(a)} leads{what} by {_v(lead.margin)} over {_plain(b)} "
-            f"(P({_plain(a)} > {_plain(b)}) = {_est(p)})")  # fmt: skip
+    if _v(lead.margin) == "0.00":
+        # A lead that rounds to nothing is stated as a tie, not as "leads by 0.00".
+        text = (f"{name(a)} and {_plain(b)} are level{what} (IQM difference {lead.margin:.3f}, "
+                f"P({_plain(a)} > {_plain(b)}) = {_est(p)})")  # fmt: skip
+    else:
+        text = (f"{name(a)} leads{what} by {_v(lead.margin)} over {_plain(b)} "
+                f"(P({_plain(a)} > {_plain(b)}) = {_est(p)})")  # fmt: skip
     if not (est[a].has_ci and est[b].has_ci):
         return text + ", not resolved (one run per game gives no CI)"
     if lead.resolved:
-        return text + (", resolved (95% CIs do not overlap)" if len(lead.order) == 2 else
-                       ", resolved against every other (95% CIs do not overlap)")  # fmt: skip
+        text += (", resolved (95% CIs do not overlap)" if len(lead.order) == 2 else
+                 ", resolved against every other (95% CIs do not overlap)")  # fmt: skip
+        if p.has_ci and p.lo <= 0.5 <= p.hi:
+            # The IQMs separate but a random run of a does not reliably beat one of b: the lead
+            # comes from some games, not all.
+            text += f", though P({_plain(a)} > {_plain(b)})'s CI includes 0.5 (the lead is not on every game)"
+        return text
+    level = _v(lead.margin) == "0.00"
+    if level and lead.unresolved_with == [b]:
+        return text + " (95% CIs overlap)"
     if lead.unresolved_with == [b] and len(lead.order) == 2:
         return text + ", but the difference is not resolved (95% CIs overlap)"
     return text + f", but not resolved against {', '.join(map(_plain, lead.unresolved_with))} (95% CIs overlap)"
+
+
+def _split_text(ma: np.ndarray, mb: np.ndarray, games: list[str], a: str, b: str) -> str:
+    """Where two labels' aggregate leads are unresolved, the per-game picture: the games on which
+    every run of one beats every run of the other (the Mann-Whitney P is 1 or 0). A tie made of
+    clean wins each way is a different finding from a tie of overlapping runs, and P(a > b) =
+    0.50 with a zero-width CI is exactly that case. ``ma``, ``mb``: ``[runs, games]``."""
+    wins: dict[str, list[str]] = {a: [], b: []}
+    for j, g in enumerate(games):
+        x, y = ma[:, j][np.isfinite(ma[:, j])], mb[:, j][np.isfinite(mb[:, j])]
+        if not (x.size and y.size):
+            continue
+        p = float(np.mean(x[:, None] > y[None, :]) + 0.5 * np.mean(x[:, None] == y[None, :]))
+        if p == 1.0:
+            wins[a].append(g)
+        elif p == 0.0:
+            wins[b].append(g)
+    if not (wins[a] or wins[b]):
+        return ""
+    parts = [f"every {_plain(x)} run beats every {_plain(y)} run on {', '.join(wins[x])}"
+             for x, y in ((a, b), (b, a)) if wins[x]]  # fmt: skip
+    rest = len(games) - len(wins[a]) - len(wins[b])
+    tail = f"; the runs overlap on the other {rest} game{'s' if rest != 1 else ''}" if rest else ""
+    return f" Per game, {'; '.join(parts)}{tail}."
 
 
 # Text --------------------------------------------------------------------------------------
@@ -534,6 +604,11 @@ def _equal_compute(study: dict, num: Numbers, fig_dir: Path, hardware: str) -> S
                    f"{reading.span()}), it "
                    f"is {_list_est(at_frames, lead_f.order or scope.labels)}",
                    _lead_text(lead_f, at_frames, frame_pairs, "per sample", name))  # fmt: skip
+    if lead_w.runner_up and not lead_w.resolved:
+        s1 += _split_text(_wall_matrix(num, scope, lead_w.leader), _wall_matrix(num, scope, lead_w.runner_up),
+                          scope.games, lead_w.leader, lead_w.runner_up)  # fmt: skip
+    if lead_f.runner_up and not lead_f.resolved:
+        s2 += _split_text(mats[lead_f.leader], mats[lead_f.runner_up], fgames, lead_f.leader, lead_f.runner_up)
     s3 = ""
     a, b = lead_w.leader, lead_f.leader
     if a and b and a != b:
@@ -568,12 +643,18 @@ def _equal_compute_figure(stem: Path, study: dict, num: Numbers, scope: Scope, w
                         f"at equal wall clock ({budget})", show_labels=True)  # fmt: skip
         F.draw_interval(ax_f, {shown[lab]: at_frames[lab] for lab in order}, [shown[lab] for lab in order], pcolors,
                         "at equal env frames (per-game $F_g$)", show_labels=False)  # fmt: skip
-        # One x range for both readings, so a bar's position compares across the two panels.
-        lo = min(ax_w.get_xlim()[0], ax_f.get_xlim()[0])
-        hi = max(ax_w.get_xlim()[1], ax_f.get_xlim()[1])
+        # Each reading on its own x range: at equal frames the scores are often a tenth of those
+        # at equal wall clock, and a shared axis would squash their ranking into one pixel column.
+        # The second panel's title says so, so nobody compares bar positions across the two.
         for ax in (ax_w, ax_f):
-            ax.set_xlim(lo, hi)
             ax.set_xlabel(f"{'normalised' if scope.normalised else 'raw'} score (IQM)")
+        wl, fl = ax_w.get_xlim(), ax_f.get_xlim()
+        if (fl[1] - fl[0]) < 0.5 * (wl[1] - wl[0]) or (wl[1] - wl[0]) < 0.5 * (fl[1] - fl[0]):
+            ax_f.set_title(ax_f.get_title() + "\n(own x scale)")
+        else:
+            lo, hi = min(wl[0], fl[0]), max(wl[1], fl[1])
+            for ax in (ax_w, ax_f):
+                ax.set_xlim(lo, hi)
         if pairs:
             ax_p = axes[0][2]
             F.draw_poi(ax_p, [p for _, p in pairs], colors)

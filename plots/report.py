@@ -678,18 +678,25 @@ def draw(num: Numbers, fig_dir: Path) -> list[Path]:
             panels = num.sweeps[kind]
             # One line per agent across its sweep settings, in the agent's usual colour.
             series_colors = F.colors_for([p.series for pts in panels.values() for p in pts])
-            fig, axes = F.new_figure(len(panels), panel_w=4.2 if len(panels) == 1 else 3.2, panel_h=2.8)
-            for ax, (title, pts) in zip(axes[0], panels.items(), strict=True):
+            # At most 5 panels a row: a study of 9 games drawn in one row is 6000 px wide and unreadable.
+            ncols = min(len(panels), 5)
+            nrows = -(-len(panels) // ncols)
+            fig, axes = F.new_figure(ncols, nrows, panel_w=4.2 if len(panels) == 1 else 3.2, panel_h=2.8)
+            flat = [ax for row in axes for ax in row]
+            for ax in flat[len(panels):]:
+                ax.set_visible(False)
+            for ax, (title, pts) in zip(flat, panels.items()):
                 F.draw_sweep(ax, pts, series_colors, log_x=True)
                 ax.set_title(title)
                 ax.set_xlabel(xlabel)
                 F.draw_references(
                     ax, references_for(title), max(p.y.hi if p.y.has_ci else p.y.point for p in pts)
                 )
-            axes[0][0].set_ylabel("final score (IQM)")
+            for row in axes:
+                row[0].set_ylabel("final score (IQM)")
             if len(panels) > 1 and "normalised" in list(panels)[-1]:
-                axes[0][-1].set_ylabel("normalised final score (IQM)")
-            F.shared_legend(fig, axes[0])
+                flat[len(panels) - 1].set_ylabel("normalised final score (IQM)")
+            F.shared_legend(fig, flat[: len(panels)])
             src = ", ".join(sorted({_source_text(num, g) for g in num.games}))
             extra = "; PPO: rollout segment length, Rainbow/BTR: n-step return" if kind == "horizon" else ""
             fig.suptitle(f"final score vs {what}{mark}", y=1.02)

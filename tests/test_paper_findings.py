@@ -13,7 +13,7 @@ import pytest
 
 from bench.errors import UserError
 from plots import load
-from plots.normalize import normalize
+from plots.normalize import normalize, normalizer
 from plots.paper_findings import analyse, score_at_frames, second_half_mean, split_label
 from plots.report import compute
 from tests.test_report import opts, write_run
@@ -461,3 +461,32 @@ def test_unknown_kind_and_unpoolable_raw_games_are_one_line_errors(tmp_path, equ
         make_run(tmp_path, "ppo", "ppo", game, 1, lambda i: 1.0, rows=10, steps_per_row=100)
     with pytest.raises(UserError, match="raw returns of different games do not pool"):
         analyse("equal_compute", STUDY, numbers_of(tmp_path), tmp_path / "figs", HARDWARE)
+
+
+def test_a_tie_made_of_clean_wins_each_way_is_split_by_game_and_unscored_games_are_named(tmp_path):
+    # PPO beats every Rainbow run on Ocean breakout, Rainbow beats every PPO run on MinAtar
+    # breakout, by mirror-image margins: the aggregate is a tie with P = 0.50 and a zero-width CI,
+    # and the answer must say it is two clean wins, not noise. Rainbow finishes no episode on
+    # MinAtar asterix, so that game leaves the aggregates and the answer says why.
+    def ret(game: str, norm: float) -> float:  # the return whose min-max normalised score is `norm`
+        n = normalizer(game, game.split(":")[0] if ":" in game else "puffer")
+        return n.lo + norm * (n.hi - n.lo)
+
+    for seed in SEEDS:
+        for agent, ocean, minatar in (("ppo", 0.4, 0.1), ("rainbow", 0.1, 0.4)):
+            for g, v in (("puffer_breakout", ocean), ("minatar:breakout", minatar)):
+                make_run(tmp_path, agent, agent, g, seed, lambda i, g=g, v=v, k=seed: ret(g, v + 0.001 * k), rows=20,
+                         steps_per_row=1000)  # fmt: skip
+        make_run(tmp_path, "ppo", "ppo", "minatar:asterix", seed, lambda i: 5.0, rows=20, steps_per_row=1000)
+        make_run(tmp_path, "rainbow", "rainbow", "minatar:asterix", seed, lambda i: float("nan"), rows=20,
+                 steps_per_row=1000, episodes_per_row=0)  # fmt: skip
+    num = numbers_of(tmp_path)
+    assert num.agg_games == ["minatar:breakout", "puffer_breakout"]
+    res = analyse("equal_compute", STUDY, num, tmp_path / "figs", HARDWARE)
+    assert not res.numbers["wall"]["lead"]["resolved"]
+    poi = res.numbers["wall"]["poi"][0]["p_x_better"]
+    assert (poi["point"], poi["lo"], poi["hi"]) == (0.5, 0.5, 0.5)
+    assert "PPO and Rainbow are level per second (IQM difference 0.000" in res.answer
+    assert ("every PPO run beats every Rainbow run on puffer_breakout; every Rainbow run beats every PPO run on "
+            "minatar:breakout.") in res.answer  # fmt: skip
+    assert "minatar:asterix has no score for Rainbow (3 runs, none with a finished episode)" in res.answer
