@@ -213,7 +213,17 @@ def _seeds_label(label: str, n: int) -> str:
     return f"{label} ({n} seed{'s' if n != 1 else ''}{', no CI' if n < 2 else ''})"
 
 
-def shared_legend(fig, axes) -> None:
+def footnote(fig, text: str, below=None) -> None:
+    """Small italic text under the figure, under ``below`` (a legend) when given: measured, so a
+    legend of several rows never runs into it."""
+    y = -0.02
+    if below is not None:
+        box = below.get_window_extent(fig.canvas.get_renderer()).transformed(fig.transFigure.inverted())
+        y = box.y0 - 0.02
+    fig.text(0.5, y, text, ha="center", va="top", fontsize=7, color="0.35", style="italic")
+
+
+def shared_legend(fig, axes):
     handles, labels = [], []
     for ax in axes:
         for h, lab in zip(*ax.get_legend_handles_labels(), strict=True):
@@ -221,7 +231,11 @@ def shared_legend(fig, axes) -> None:
                 handles.append(h)
                 labels.append(lab)
     if handles:
-        fig.legend(handles, labels, loc="lower center", ncol=min(len(labels), 4), bbox_to_anchor=(0.5, -0.12))
+        # Hung from its top edge below the panels, so more rows grow downwards (the figure is saved
+        # with a tight bbox) instead of up over the x labels; many labels get more columns.
+        ncol = min(len(labels), 4 if len(labels) <= 8 else 6)
+        return fig.legend(handles, labels, loc="upper center", ncol=ncol, bbox_to_anchor=(0.5, -0.02))
+    return None
 
 
 # Final score vs a swept quantity -------------------------------------------------------------

@@ -957,14 +957,14 @@ def _sweep_figure(stem: Path, kind: str, study: dict, num: Numbers, scope: Scope
         F.count_axis(ax_sps, "y")
         ax_sps.set_ylabel("env steps per second (SPS)")
         ax_sps.set_title("training throughput")
-        F.shared_legend(fig, axes[0])
+        legend = F.shared_legend(fig, axes[0])
         fig.suptitle(str(study.get("title") or f"score vs {what}"), y=1.02)
         knob_note = ("; horizon: PPO/PQN rollout segment length, Rainbow/BTR n-step return" if kind == "horizon" else
                      "; reuse: PPO/PQN epochs, Rainbow/BTR replay ratio, measured")  # fmt: skip
         foot = (f"line: IQM of the {scope.score_name} over runs x games ({scope.games_text}); band: 95% "
                 f"stratified-bootstrap CI ({num.opts.reps} draws); star: each series' best; n: runs per game and point"
                 f"{knob_note}. {scope.hardware}.")  # fmt: skip
-        fig.text(0.5, -0.1, textwrap.fill(foot, 130), ha="center", va="top", fontsize=7, color="0.35", style="italic")
+        F.footnote(fig, textwrap.fill(foot, 130), below=legend)
         fig.tight_layout()
         return F.save(fig, stem, num.opts.formats)
 

@@ -589,10 +589,13 @@ def _sweeps(runs, scores, games, labels, agg_games, opts):
             return v if math.isfinite(v) and v > 0 else None
         return r.horizon
 
-    def points(members: list[Run], kind: str, matrix) -> list:
+    def points(members: list[Run], kind: str, matrix, by_config: bool = True) -> list:
+        # Per game a label's runs are grouped by config too (two configs under one label are two
+        # points). Across games they are not: a preset may set other values per game, and
+        # splitting a label there would draw one point per game instead of the cross-game IQM.
         groups: dict[tuple[str, str], list[Run]] = defaultdict(list)
         for r in members:
-            groups[(r.label, json.dumps(r.agent_config, sort_keys=True))].append(r)
+            groups[(r.label, json.dumps(r.agent_config, sort_keys=True) if by_config else "")].append(r)
         pts = []
         for (lab, _), rs in sorted(groups.items()):
             xs = [value(r, kind) for r in rs]
@@ -615,7 +618,7 @@ def _sweeps(runs, scores, games, labels, agg_games, opts):
             members = [r for r in usable if r.game in agg_games and math.isfinite(scores[r.path].normalized)]
             if members:
                 panels["all games (normalised)"] = points(members, kind, lambda rs: stats.pad_runs(
-                    [[scores[r.path].normalized for r in rs if r.game == g] for g in agg_games]))  # fmt: skip
+                    [[scores[r.path].normalized for r in rs if r.game == g] for g in agg_games]), by_config=False)  # fmt: skip
         distinct = {_sig(p.x, 2) for pts in panels.values() for p in pts}
         if len(distinct) < 2:
             what = "sample-reuse ratio" if kind == "reuse" else "bootstrap horizon"
@@ -696,13 +699,12 @@ def draw(num: Numbers, fig_dir: Path) -> list[Path]:
                 row[0].set_ylabel("final score (IQM)")
             if len(panels) > 1 and "normalised" in list(panels)[-1]:
                 flat[len(panels) - 1].set_ylabel("normalised final score (IQM)")
-            F.shared_legend(fig, flat[: len(panels)])
+            legend = F.shared_legend(fig, flat[: len(panels)])
             src = ", ".join(sorted({_source_text(num, g) for g in num.games}))
             extra = "; PPO: rollout segment length, Rainbow/BTR: n-step return" if kind == "horizon" else ""
             fig.suptitle(f"final score vs {what}{mark}", y=1.02)
-            fig.text(0.5, -0.16, f"each point: IQM over the runs of one (agent, config), 95% CI; final score = {src}"
-                     + (f"\n{extra.lstrip('; ')}" if extra else ""), ha="center", va="top", fontsize=7,
-                     color="0.35", style="italic")  # fmt: skip
+            F.footnote(fig, f"each point: IQM over the runs of one (agent, config), 95% CI; final score = {src}"
+                       + (f"\n{extra.lstrip('; ')}" if extra else ""), below=legend)  # fmt: skip
             fig.tight_layout()
             written += F.save(fig, fig_dir / name, formats)
 
