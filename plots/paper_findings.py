@@ -409,11 +409,7 @@ def _split_text(ma: np.ndarray, mb: np.ndarray, games: list[str], a: str, b: str
     clean wins each way is a different finding from a tie of overlapping runs, and P(a > b) =
     0.50 with a zero-width CI is exactly that case. ``ma``, ``mb``: ``[runs, games]``."""
     wins: dict[str, list[str]] = {a: [], b: []}
-    for j, g in enumerate(games):
-        x, y = ma[:, j][np.isfinite(ma[:, j])], mb[:, j][np.isfinite(mb[:, j])]
-        if not (x.size and y.size):
-            continue
-        p = float(np.mean(x[:, None] > y[None, :]) + 0.5 * np.mean(x[:, None] == y[None, :]))
+    for g, p in zip(games, stats.poi_per_task(ma, mb), strict=True):
         if p == 1.0:
             wins[a].append(g)
         elif p == 0.0:

@@ -319,17 +319,25 @@ def performance_profile(scores: np.ndarray, taus: np.ndarray, reps: int, seed: i
     )
 
 
-def _poi(x: np.ndarray, y: np.ndarray) -> float:
-    """rliable's ``probability_of_improvement``: per task the Mann-Whitney U statistic over
-    n_x n_y, i.e. #(x_i > y_j) + 0.5 #(x_i = y_j) over all pairs, averaged over tasks. Counted
-    directly (scipy's mannwhitneyu costs ~0.5 ms a call); NaN runs are ignored."""
+def poi_per_task(x: np.ndarray, y: np.ndarray) -> list[float]:
+    """Per task the Mann-Whitney U statistic over n_x n_y, i.e. #(x_i > y_j) + 0.5 #(x_i = y_j)
+    over all pairs; NaN for a task where either side has no finite run. Counted directly
+    (scipy's mannwhitneyu costs ~0.5 ms a call); NaN runs are ignored."""
     probs = []
     for t in range(x.shape[1]):
         a, b = x[:, t][np.isfinite(x[:, t])], y[:, t][np.isfinite(y[:, t])]
         if a.size == 0 or b.size == 0:
+            probs.append(math.nan)
             continue
         d = a[:, None] - b[None, :]  # [n_x, n_y]
-        probs.append((np.sum(d > 0) + 0.5 * np.sum(d == 0)) / d.size)
+        probs.append(float((np.sum(d > 0) + 0.5 * np.sum(d == 0)) / d.size))
+    return probs
+
+
+def _poi(x: np.ndarray, y: np.ndarray) -> float:
+    """rliable's ``probability_of_improvement``: :func:`poi_per_task` averaged over the tasks
+    where both sides have runs."""
+    probs = [p for p in poi_per_task(x, y) if not math.isnan(p)]
     return float(np.mean(probs)) if probs else math.nan
 
 
