@@ -117,8 +117,12 @@ Variants (each a config field, so each is recorded in the run's config.json):
     ``puffer`` preset) draws segments from all rollouts by priority, so there the stale ones still
     take minibatch slots, and "larger" / "more" only set how many segments each minibatch draws.
 
+  - ``vtrace_correct``: off, rho = c = 1 on the stale rollouts too (GAE over their re-evaluated
+    values, as if theta_0 had acted them): the ablation that asks what V-trace itself repairs.
+
   ``vtrace_rho_fresh`` / ``vtrace_rho_stale`` log the mean rho applied on each (1 where none
-  is held); ``replay_rollouts`` the number held.
+  is held; with ``vtrace_correct`` off, the rho V-trace would have applied); ``replay_rollouts``
+  the number held.
 
 Deviations from PufferLib 3.0's tuned ``puffer_breakout`` (``config/ocean/breakout.ini``; the
 ``puffer`` preset marks every value as PufferLib's or ours):
@@ -243,6 +247,8 @@ class Config:
                                "--vtrace-allow-c-above-rho", ge=0)  # fmt: skip
     vtrace_allow_c_above_rho: bool = opt(False, "accept vtrace_c_clip > vtrace_rho_clip (PufferLib's pair); "
                                          "IMPALA's analysis assumes c-bar <= rho-bar")  # fmt: skip
+    vtrace_correct: bool = opt(True, "apply V-trace's importance corrections on stale rollouts (replay_factor > 1); "
+                               "off: rho = c = 1, plain GAE on them (the ablation)")  # fmt: skip
     vtrace_form: str = opt(
         "impala",
         "policy-gradient advantage under V-trace: impala rho_t (r_t + gamma q_{t+1} - V_t) | "
@@ -759,6 +765,10 @@ class Agent:
             stale = torch.ones(Ma, dtype=torch.bool, device=self.device)  # [Ma]
             stale[fc] = False
             rho_fresh, rho_stale = rho[:, fc].mean(), rho[:, stale].mean()
+            if not cfg.vtrace_correct:
+                # The ablation: stale rollouts are treated as on-policy (GAE over values re-evaluated
+                # at theta_0); rho_stale still logs the rho V-trace would have applied.
+                rho, c = None, None
 
         rewards, bonus_mean, soft_mean = self.rewards[:, a], 0.0 * one, 0.0 * one
         if cfg.munchausen_alpha > 0 and cfg.munchausen_mode != "advantage_bonus":

@@ -440,6 +440,23 @@ def _est(e: Estimate) -> str:
     return f"{_v(e.point)} [{_v(e.lo)}, {_v(e.hi)}]"
 
 
+def _est_small(e: Estimate) -> str:
+    """An estimate whose values may be far below 0.01 (a KL per update, a bonus per step): two
+    significant figures of the largest of point and bounds, the same decimals for all three, so
+    0.0008 [0.0006, 0.0011] does not print as 0.00 [0.00, 0.00]."""
+    vals = [x for x in (e.point, e.lo, e.hi) if x is not None and math.isfinite(x)]
+    ref = max((abs(x) for x in vals), default=0.0)
+    if not math.isfinite(e.point) or ref == 0.0 or ref >= 0.1:
+        return _est(e)
+    d = min(8, 1 - math.floor(math.log10(ref)))
+
+    def v(x: float) -> str:
+        s = f"{x:.{d}f}"
+        return s[1:] if s.startswith("-") and float(s) == 0 else s  # no "-0.000"
+
+    return f"{v(e.point)} (no CI)" if not e.has_ci else f"{v(e.point)} [{v(e.lo)}, {v(e.hi)}]"
+
+
 def _ratio(x: float | None) -> str:
     if x is None or not math.isfinite(x):
         return "n/a"
@@ -1385,7 +1402,7 @@ def _variants_answer(scope: Scope, n: dict) -> str:
             if a["status"] == "not logged":
                 items.append(f"{lab} not logged")
                 continue
-            txt = f"{lab} {_est(_e(a['iqm']))}"
+            txt = f"{lab} {_est_small(_e(a['iqm']))}"
             if "vs_baseline" in a and a["resolved"]:
                 txt += f" ({'above' if _e(a['vs_baseline']).point > 0 else 'below'} {base}, resolved)"
             items.append(txt)
@@ -1417,6 +1434,8 @@ def _smooth(y: np.ndarray) -> np.ndarray:
 
 def _variants_figure(stem: Path, study: dict, num: Numbers, scope: Scope, est: dict[str, Estimate],
                      diags: list[Diagnostic], n: dict) -> list[Path]:  # fmt: skip
+    import matplotlib.ticker as mt
+
     from plots import figures as F
 
     order = scope.labels
@@ -1458,6 +1477,8 @@ def _variants_figure(stem: Path, study: dict, num: Numbers, scope: Scope, est: d
                     F.note_at(ax, i, "not logged")
             ax.invert_yaxis()
             ax.set_xlabel(d.name)
+            # Small diagnostics (a bonus of -0.012) get long tick labels: four ticks keep them apart.
+            ax.xaxis.set_major_locator(mt.MaxNLocator(4))
             runs = [(w, _smooth(y)) for lab in order for w, y in d.curves[lab]]
             if not runs:
                 ax_c.set_axis_off()

@@ -299,6 +299,31 @@ def test_fresh_targets_with_k2_are_the_k1_targets():
         assert t2["rho_stale"].item() == pytest.approx(0.79)  # e^0.7 > rho-bar: every stale rho clipped
 
 
+def test_uncorrected_replay_treats_stale_rollouts_as_on_policy():
+    # vtrace_correct off (issue 22's ablation): rho = c = 1 on the stale rollout, so its targets are
+    # those it would get had theta_0 acted it, unlike the corrected ones (stale ratios ~2, clipped
+    # to rho-bar 0.79); the logged rho_stale is still the rho V-trace would have applied.
+    obs, steps = torch.randn(2, 3), scripted_steps(2, 4, seed=6)
+
+    def targets(on_policy_stale: bool, **kw) -> dict:
+        _, k2 = _k1_and_k2(gamma=0.9, gae_lambda=0.8, **kw)
+        torch.manual_seed(1)
+        feed(k2, obs, steps)
+        k2.filled = 2
+        if on_policy_stale:
+            k2.logp[:, :2] = k2._targets(fresh=1)["logp_old"][:, :2]
+        return k2._targets(fresh=1)
+
+    # unit: the stale rollout relabelled as theta_0's own, and rho-bar = c-bar = 1, so V-trace is GAE
+    off, on = targets(False, vtrace_correct=False), targets(False)
+    unit = targets(True, vtrace_rho_clip=1.0, vtrace_c_clip=1.0)
+    for key in ("adv", "returns", "logp_old"):
+        torch.testing.assert_close(off[key], unit[key])
+    assert not torch.allclose(off["adv"][:, :2], on["adv"][:, :2])
+    torch.testing.assert_close(off["adv"][:, 2:], on["adv"][:, 2:], rtol=0, atol=0)  # fresh: untouched
+    assert off["rho_stale"].item() == pytest.approx(0.79) and unit["rho_stale"].item() == 1.0
+
+
 @pytest.mark.parametrize("lstm", [0, 8])
 def test_zero_weight_stale_rollout_leaves_the_k1_update(lstm):
     # With K = 2 and a stale rollout whose samples weigh 0 in the loss, the update is the K = 1
